@@ -1,0 +1,52 @@
+# Two commands: `make demo` runs the pipeline, `make test` runs the checks. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-requirements
+
+.PHONY: setup java demo test lint format label-report clean
+
+setup: $(STAMP) java
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if v == (3, 11) else print(f"note: Python {v[0]}.{v[1]}; pinned torch wheels are cached here for 3.11 only, pip may download them"))' || true
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+# TorchServe needs Java 17 or newer: install it when missing and running as root, else say what to install.
+java:
+	@if java -version 2>&1 | grep -Eq 'version "(1[7-9]|[2-9][0-9])'; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "Java 17 not found: installing openjdk-17-jre-headless with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
+	else \
+		echo "error: TorchServe needs Java 17. Install it, e.g.: sudo apt-get install openjdk-17-jre-headless"; exit 1; \
+	fi
+
+# A small synthetic set, prepared, with its label-quality report (later steps extend this to the whole pipeline).
+DEMO := data/demo
+demo: setup
+	$(PY) -m training synth --out $(DEMO)/synth --layers 48 --seed 0
+	$(PY) -m training prepare --raw $(DEMO)/synth/raw --truth $(DEMO)/synth/truth --out $(DEMO)/processed --report-dir $(DEMO)/report
+	@echo "demo done: label-quality report in $(DEMO)/report/label_quality.md, prepared data in $(DEMO)/processed"
+
+test: setup lint
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+# Regenerates docs/label_quality.md and its figures (the command is written into the document).
+label-report: setup
+	$(PY) -m training synth --out data/label-report/synth --layers 200 --seed 0
+	$(PY) -m training prepare --raw data/label-report/synth/raw --truth data/label-report/synth/truth --out data/label-report/processed --report-dir docs
+
+clean:
+	rm -rf data/demo data/label-report .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Multi-angle powder-bed defect segmentation: synthetic data, preparation, training, quantization, archiving."""

@@ -1,0 +1,226 @@
+"""From a raw folder to a training set: filter triplets, stack them, make heuristic labels, split, report.
+
+Output layout (`OUT/`): `images/<id>.png` (3-channel, lossless, channel k = light k, bit depth kept),
+`masks/<id>.png` (heuristic label, 0/255), `truth/<id>.png` (exact class map, when truth is given),
+`manifest.csv`, `dropped.csv` (every dropped layer or file with its reason) and `prepare_report.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from training import label_quality
+from training.images import ImageError, encode_png, read_gray, write_atomic
+from training.labels import LabelConfig, check_vote, light_votes, vote
+from training.triplets import REASONS, Dropped, LoadedTriplet, QualityLimits, Triplet, group_files, load_triplet
+from training.workers import progress_map
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = (
+    "layer_id",
+    "split",
+    "height",
+    "width",
+    "bit_depth",
+    "label_source",
+    "defect_fraction",
+    "truth_fraction",
+    "image",
+    "mask",
+    "truth",
+    "converted_from_colour",
+)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    vote: str = "majority"
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    limits: QualityLimits = field(default_factory=QualityLimits)
+
+    def __post_init__(self) -> None:
+        check_vote(self.vote)
+        if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
+            raise ValueError(
+                f"split must be three non-negative fractions (train, val, test) summing to 1, got {self.split}"
+            )
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as err:
+        raise ValueError(f"split must look like 0.7,0.15,0.15, got {text!r}") from err
+    if len(values) != 3:
+        raise ValueError(f"split needs three fractions (train, val, test), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def split_of(layer_id: str, fractions: tuple[float, float, float]) -> str:
+    """Deterministic split by layer id: a hash, so adding layers never moves existing ones between splits."""
+    u = int(hashlib.sha256(layer_id.encode()).hexdigest()[:12], 16) / float(1 << 48)  # uniform in [0, 1)
+    if u < fractions[0]:
+        return "train"
+    return "val" if u < fractions[0] + fractions[1] else "test"
+
+
+def _check(job: tuple[Triplet, QualityLimits]) -> Dropped | tuple[str, str]:
+    triplet, limits = job
+    loaded = load_triplet(triplet, limits)
+    return loaded if isinstance(loaded, Dropped) else (loaded.layer_id, loaded.digest)
+
+
+def _process(job: tuple[Triplet, PrepareConfig, str, str | None]) -> dict:
+    """Stack, label and write one layer; return its manifest row and its label-quality statistics."""
+    triplet, config, out_dir, truth_dir = job
+    out = Path(out_dir)
+    loaded = load_triplet(triplet, config.limits)
+    assert isinstance(loaded, LoadedTriplet), "checked in the first pass"
+    stack = loaded.stack
+    votes = light_votes(stack, config.labels)  # (H, W) 0..3
+    label = vote(votes, config.vote)
+    lid = loaded.layer_id
+    row = {
+        "layer_id": lid,
+        "split": split_of(lid, config.split),
+        "height": stack.shape[0],
+        "width": stack.shape[1],
+        "bit_depth": 8 if stack.dtype == np.uint8 else 16,
+        "label_source": f"heuristic:{config.vote}",
+        "defect_fraction": round(float(label.mean()), 6),
+        "truth_fraction": "",
+        "image": f"images/{lid}.png",
+        "mask": f"masks/{lid}.png",
+        "truth": "",
+        "converted_from_colour": int(loaded.converted_from_colour),
+    }
+    result: dict = {"row": row, "stats": None, "dropped": None}
+    truth = None
+    if truth_dir is not None:
+        path = Path(truth_dir) / f"{lid}.png"
+        if path.exists():
+            try:
+                truth = read_gray(path).pixels
+            except ImageError as err:
+                result["dropped"] = Dropped(lid, "truth_mismatch", f"truth {path.name}: {err}", (path.name,))
+                return result
+            if truth.shape != label.shape:
+                detail = f"truth {path.name} is {truth.shape[0]}x{truth.shape[1]}, images are {label.shape[0]}x{label.shape[1]}"
+                result["dropped"] = Dropped(lid, "truth_mismatch", detail, (path.name,))
+                return result
+    write_atomic(out / row["image"], encode_png(stack))
+    write_atomic(out / row["mask"], encode_png(label.astype(np.uint8) * 255))
+    if truth is not None:
+        write_atomic(out / "truth" / f"{lid}.png", encode_png(truth.astype(np.uint8)))
+        row["truth"] = f"truth/{lid}.png"
+        row["truth_fraction"] = round(float((truth > 0).mean()), 6)
+        result["stats"] = label_quality.layer_stats(votes, truth)
+    return result
+
+
+def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue().encode())
+
+
+def prepare(
+    raw: Path,
+    out: Path,
+    config: PrepareConfig = PrepareConfig(),
+    truth_dir: Path | None = None,
+    report_dir: Path | None = Path("docs"),
+    workers: int | None = None,
+    command: str = "",
+) -> dict:
+    """Filter, stack, label and split a raw folder; returns the report it also writes to OUT."""
+    raw, out = Path(raw), Path(out)
+    if truth_dir is not None and not Path(truth_dir).is_dir():
+        raise FileNotFoundError(f"truth folder {truth_dir} does not exist or is not a folder")
+    triplets, dropped = group_files(raw)
+    log.info("found %d complete triplets in %s", len(triplets), raw)
+
+    first_seen: dict[str, str] = {}
+    kept: list[Triplet] = []
+    checks = progress_map(_check, [(t, config.limits) for t in triplets], workers, "check", "layer")
+    for triplet, checked in zip(triplets, checks, strict=True):
+        if isinstance(checked, Dropped):
+            dropped.append(checked)
+        elif checked[1] in first_seen:
+            detail = f"same pixels as {first_seen[checked[1]]}"
+            files = tuple(p.name for p in triplet.paths)
+            dropped.append(Dropped(triplet.layer_id, "duplicate_layer", detail, files))
+        else:
+            first_seen[checked[1]] = triplet.layer_id
+            kept.append(triplet)
+
+    truth_arg = str(truth_dir) if truth_dir is not None else None
+    jobs = [(t, config, str(out), truth_arg) for t in kept]
+    rows, stats = [], []
+    for result in progress_map(_process, jobs, workers, "prepare", "layer"):
+        if result["dropped"] is not None:
+            dropped.append(result["dropped"])
+            continue
+        rows.append(result["row"])
+        if result["stats"] is not None:
+            stats.append((result["row"]["layer_id"], result["stats"]))
+    if truth_dir is not None:
+        missing = [r["layer_id"] for r in rows if not r["truth"]]
+        if missing:
+            log.warning(
+                "no truth for %d layer(s), e.g. %s: they are kept, labelled heuristically only",
+                len(missing),
+                missing[0],
+            )
+
+    reasons = Counter(d.reason for d in dropped)
+    report = {
+        "command": command,
+        "raw": str(raw),
+        "truth": truth_arg,
+        "kept": len(rows),
+        "dropped": len(dropped),
+        "dropped_by_reason": {r: reasons[r] for r in sorted(reasons)},
+        "reasons": {r: REASONS[r] for r in sorted(reasons)},
+        "splits": {s: sum(r["split"] == s for r in rows) for s in SPLITS},
+        "config": dataclasses.asdict(config),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "manifest.csv", MANIFEST_COLUMNS, rows)
+    dropped_rows = [
+        {"name": d.name, "reason": d.reason, "detail": d.detail, "files": " ".join(d.files)} for d in dropped
+    ]
+    _write_csv(out / "dropped.csv", ("name", "reason", "detail", "files"), dropped_rows)
+    if stats and report_dir is not None:
+        summary = label_quality.summarize(stats, chosen=config.vote)
+        by_id = {t.layer_id: t for t in kept}
+        examples = []
+        for lid in label_quality.pick_examples(stats):
+            loaded = load_triplet(by_id[lid], config.limits)
+            truth = read_gray(Path(truth_dir) / f"{lid}.png").pixels
+            examples.append((lid, loaded.stack, light_votes(loaded.stack, config.labels), truth))
+        report["label_quality"] = label_quality.write_report(summary, examples, out, Path(report_dir), command)
+    write_atomic(out / "prepare_report.json", (json.dumps(report, indent=2) + "\n").encode())
+    for reason, count in report["dropped_by_reason"].items():
+        log.info("dropped %d: %s (%s)", count, reason, report["reasons"][reason])
+    shown = 20
+    for d in dropped[:shown]:
+        log.info("  %s: %s (%s)", d.name, d.reason, d.detail)
+    if len(dropped) > shown:
+        log.info("  ... and %d more, every one in %s", len(dropped) - shown, out / "dropped.csv")
+    return report
