@@ -171,15 +171,17 @@ def _plot_examples(examples: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
 
-    columns = ["stacked image", "truth"] + [f"vote: {r}" for r in VOTES]
+    classes_cmap = ListedColormap(["black", *plt.get_cmap("tab10").colors[: len(CLASSES)]])
+    columns = ["stacked image", "truth (colour = class)", *[f"vote: {r}" for r in VOTES]]
     fig, axes = plt.subplots(len(examples), len(columns), figsize=(3 * len(columns), 3 * len(examples)), squeeze=False)
     for row, (layer_id, stack, votes, truth) in enumerate(examples):
         reference = truth > 0
         gray = _display(stack).mean(axis=2)
         axes[row, 0].imshow(_display(stack))
         axes[row, 0].set_ylabel(layer_id, fontsize=8)
-        axes[row, 1].imshow(truth, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
+        axes[row, 1].imshow(truth, cmap=classes_cmap, vmin=0, vmax=len(CLASSES), interpolation="nearest")
         for col, (_rule, needed) in enumerate(VOTES.items(), start=2):
             label = votes >= needed
             overlay = np.stack([gray] * 3, axis=-1) * 0.6

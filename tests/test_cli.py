@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "training", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.mark.parametrize("command", ["synth", "prepare"])
+def test_every_command_has_help(command, repo_root):
+    result = run(command, "--help", cwd=repo_root)
+    assert result.returncode == 0
+    assert "usage: python -m training " + command in result.stdout
+
+
+def test_synth_then_prepare_from_the_command_line(tmp_path, repo_root):
+    synth = run(
+        "synth", "--out", tmp_path / "s", "--layers", 3, "--size", 64, "--workers", 1, "--seed", 4, cwd=repo_root
+    )
+    assert synth.returncode == 0, synth.stderr
+    assert synth.stdout.strip().splitlines()[-1].startswith(f"wrote 3 layers to {tmp_path / 's'}/raw")
+    record = json.loads((tmp_path / "s" / "synth_config.json").read_text())
+    assert record["command"].startswith("python -m training synth") and record["config"]["size"] == 64
+    assert len(list((tmp_path / "s" / "raw").glob("*.png"))) == 9
+
+    prep = run(
+        "prepare", "--raw", tmp_path / "s" / "raw", "--truth", tmp_path / "s" / "truth", "--out", tmp_path / "p",
+        "--report-dir", tmp_path / "docs", "--workers", 1, cwd=repo_root,
+    )  # fmt: skip
+    assert prep.returncode == 0, prep.stderr
+    last = prep.stdout.strip().splitlines()[-1]
+    assert last.startswith("wrote 3 layers (") and "label quality:" in last
+    assert (tmp_path / "docs" / "label_quality.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["synth", "--lights", "0,120"], "expected exactly three light azimuths"),
+        (["synth", "--classes", "cracks"], "choose from: recoater_streak"),
+        (["synth", "--layers", "0"], "at least 1"),
+        (["prepare", "--raw", "/nonexistent/raw"], "does not exist"),
+        (["prepare", "--split", "1,1"], "three fractions"),
+    ],
+)
+def test_bad_arguments_give_a_clear_error(args, message, tmp_path, repo_root):
+    result = run(*args, "--out", tmp_path / "out", cwd=repo_root)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
