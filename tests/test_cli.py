@@ -35,7 +35,8 @@ def test_synth_then_prepare_from_the_command_line(tmp_path, repo_root):
     assert prep.returncode == 0, prep.stderr
     last = prep.stdout.strip().splitlines()[-1]
     assert last.startswith("wrote 3 layers (") and "label quality:" in last
-    assert (tmp_path / "docs" / "label_quality.md").exists()
+    report = (tmp_path / "docs" / "label_quality.md").read_text()
+    assert "python -m training synth --out" in report and "python -m training prepare --raw" in report
 
 
 @pytest.mark.parametrize(

@@ -46,4 +46,5 @@ def test_findings_are_drawn_from_the_numbers():
     text = "\n".join(findings(summary))
     assert "`or` (0.556)" in text  # IoU 5 / (5 + 1 + 3)
     assert "fewer than half of their instances: pit" in text
+    assert "pixel recall below 0.5): pit" in text
     assert "as the prototype found" not in text  # and labels 4 px, majority 5 px: not sparser by half

@@ -8,7 +8,6 @@ import json
 import logging
 import shlex
 import sys
-import time
 from pathlib import Path
 
 log = logging.getLogger("training")
@@ -44,7 +43,6 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
 
 def run_synth(args: argparse.Namespace, argv: list[str]) -> str:
     from training import defects, lighting
-    from training.images import write_atomic
     from training.synth import SynthConfig, synthesize
 
     config = SynthConfig.from_json(json.loads(args.config.read_text())) if args.config else SynthConfig()
@@ -67,17 +65,16 @@ def run_synth(args: argparse.Namespace, argv: list[str]) -> str:
     if args.classes is not None:
         config = config.only_classes(defects.parse_classes(args.classes))
 
-    started = time.perf_counter()
-    summary = synthesize(config, args.out, args.layers, seed=args.seed, workers=args.workers, start=args.start)
-    seconds = time.perf_counter() - started
-    record = {
-        "command": _command_line(argv),
-        "seed": args.seed,
-        "start": args.start,
-        "config": config.to_json(),
-        **summary,
-    }
-    write_atomic(args.out / "synth_config.json", (json.dumps(record, indent=2) + "\n").encode())
+    summary = synthesize(
+        config,
+        args.out,
+        args.layers,
+        seed=args.seed,
+        workers=args.workers,
+        start=args.start,
+        command=_command_line(argv),
+    )
+    seconds = summary["seconds"]
     found = ", ".join(f"{n} {c}" for n, c in summary["instances"].items() if c)
     log.info("defect instances: %s; defect-free layers: %d", found or "none", summary["clean_layers"])
     log.info(

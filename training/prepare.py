@@ -214,7 +214,11 @@ def prepare(
             loaded = load_triplet(by_id[lid], config.limits)
             truth = read_gray(Path(truth_dir) / f"{lid}.png").pixels
             examples.append((lid, loaded.stack, light_votes(loaded.stack, config.labels), truth))
-        report["label_quality"] = label_quality.write_report(summary, examples, out, Path(report_dir), command)
+        synth_record = raw.parent / "synth_config.json"  # written by `synth`: the command that made this data
+        data_command = json.loads(synth_record.read_text()).get("command") if synth_record.exists() else None
+        report["label_quality"] = label_quality.write_report(
+            summary, examples, out, Path(report_dir), command, data_command
+        )
     write_atomic(out / "prepare_report.json", (json.dumps(report, indent=2) + "\n").encode())
     for reason, count in report["dropped_by_reason"].items():
         log.info("dropped %d: %s (%s)", count, reason, report["reasons"][reason])

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,16 +241,38 @@ def _work(job: tuple[SynthConfig, int, int, str]) -> dict:
 
 
 def synthesize(
-    config: SynthConfig, out: Path, layers: int, seed: int = 0, workers: int | None = None, start: int = 0
+    config: SynthConfig,
+    out: Path,
+    layers: int,
+    seed: int = 0,
+    workers: int | None = None,
+    start: int = 0,
+    command: str = "",
 ) -> dict:
-    """Generate and write `layers` layers (indices start..start+layers-1); returns a summary."""
+    """Generate and write `layers` layers (indices start..start+layers-1) and OUT/synth_config.json, which
+    records the configuration, the command and a summary; returns that record."""
     if layers < 1:
         raise ValueError(f"number of layers must be at least 1, got {layers}")
+    out = Path(out)
     jobs = [(config, seed, i, str(out)) for i in range(start, start + layers)]
     counts = {name: 0 for name in CLASSES}
     clean = 0
+    started = time.perf_counter()
     for result in progress_map(_work, jobs, workers, desc="synth", unit="layer"):
         clean += result["clean"]
         for name in result["classes"]:
             counts[name] += 1
-    return {"layers": layers, "clean_layers": clean, "instances": counts, "workers": resolve_workers(workers, layers)}
+    seconds = time.perf_counter() - started
+    record = {
+        "command": command,
+        "seed": seed,
+        "start": start,
+        "layers": layers,
+        "clean_layers": clean,
+        "instances": counts,
+        "workers": resolve_workers(workers, layers),
+        "seconds": round(seconds, 2),
+        "config": config.to_json(),
+    }
+    write_atomic(out / "synth_config.json", (json.dumps(record, indent=2) + "\n").encode())
+    return record
