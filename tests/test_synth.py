@@ -95,3 +95,6 @@ def test_config_round_trips_through_json_and_rejects_unknown_keys():
     assert SynthConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
     with pytest.raises(ValueError, match="unknown synth config key"):
         SynthConfig.from_json({"colour": "blue"})
+    with pytest.raises(ValueError, match="low <= high"):
+        SynthConfig.from_json({"defects": {"pit": {"count": [3, 1]}}})
+    assert SynthConfig.from_json({"defects": {"pit": {"probability": 1.0}}}).defects["pit"].probability == 1.0

@@ -43,6 +43,13 @@ class DefectSpec:
     size_um: tuple[float, float]
     height_um: tuple[float, float]
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"defect probability must be within 0..1, got {self.probability}")
+        for name, (lo, hi) in (("count", self.count), ("size_um", self.size_um), ("height_um", self.height_um)):
+            if not 0 < lo <= hi:
+                raise ValueError(f"defect {name} must be a range (low, high) with 0 < low <= high, got {(lo, hi)}")
+
 
 DEFAULT_SPECS: dict[str, DefectSpec] = {
     "recoater_streak": DefectSpec(0.35, (1, 2), (60.0, 150.0), (10.0, 30.0)),
@@ -74,7 +81,6 @@ class LayerContext:
     scale: int  # render pixels per output pixel
     parts: list[Part]
     part_mask: np.ndarray
-    layer_thickness_um: float
     previous_surface: Callable[[], Surface]
 
 

@@ -99,6 +99,14 @@ def light_visibility(
     return visibility.astype(np.float32)
 
 
+AMBIENT = 0.08  # share of diffuse light that reaches every pixel, shadowed or not
+
+
+def flat_radiance(albedo: float, light: Light, ambient: float = AMBIENT) -> float:
+    """Radiance of a flat, matte patch of the given albedo under `light`: the exposure reference."""
+    return albedo * (ambient + (1.0 - ambient) * math.sin(math.radians(light.elevation_deg)))
+
+
 @dataclass(frozen=True)
 class Materials:
     """Per-pixel reflectance maps: diffuse albedo, specular strength and Blinn-Phong exponent."""
@@ -113,7 +121,7 @@ def shade(
     pitch_um: float,
     materials: Materials,
     light: Light,
-    ambient: float = 0.08,
+    ambient: float = AMBIENT,
     normals: np.ndarray | None = None,
 ) -> np.ndarray:
     """Radiance seen by an overhead camera under one light (arbitrary linear units), float32 (H, W)."""

@@ -22,7 +22,7 @@ import numpy as np
 from training import label_quality
 from training.images import ImageError, encode_png, read_gray, write_atomic
 from training.labels import LabelConfig, check_vote, light_votes, vote
-from training.triplets import REASONS, Dropped, LoadedTriplet, QualityLimits, Triplet, group_files, load_triplet
+from training.triplets import REASONS, Dropped, QualityLimits, Triplet, group_files, load_triplet
 from training.workers import progress_map
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def _process(job: tuple[Triplet, PrepareConfig, str, str | None]) -> dict:
     triplet, config, out_dir, truth_dir = job
     out = Path(out_dir)
     loaded = load_triplet(triplet, config.limits)
-    assert isinstance(loaded, LoadedTriplet), "checked in the first pass"
+    if isinstance(loaded, Dropped):  # the files changed since the first pass
+        return {"row": None, "stats": None, "dropped": loaded}
     stack = loaded.stack
     votes = light_votes(stack, config.labels)  # (H, W) 0..3
     label = vote(votes, config.vote)
@@ -202,6 +203,15 @@ def prepare(
     }
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "manifest.csv", MANIFEST_COLUMNS, rows)
+    listed = {r["image"] for r in rows}
+    stale = sorted(p.name for p in (out / "images").glob("*.png") if f"images/{p.name}" not in listed)
+    if stale:
+        log.warning(
+            "%d image(s) in %s/images are from an earlier run and not in manifest.csv, e.g. %s",
+            len(stale),
+            out,
+            stale[0],
+        )
     dropped_rows = [
         {"name": d.name, "reason": d.reason, "detail": d.detail, "files": " ".join(d.files)} for d in dropped
     ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,6 @@ class SynthConfig:
     supersample: int = 2
     azimuths_deg: tuple[float, float, float] = (0.0, 120.0, 240.0)
     elevation_deg: float = 30.0
-    layer_thickness_um: float = 40.0
     clean_fraction: float = 0.2
     surface: SurfaceConfig = field(default_factory=SurfaceConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -85,7 +83,7 @@ class SynthConfig:
         if "defects" in data:
             specs = dict(DEFAULT_SPECS)
             for name, spec in data["defects"].items():
-                base = dataclasses.asdict(specs.get(name, DEFAULT_SPECS["pit"]))
+                base = dataclasses.asdict(specs[name]) if name in specs else {}
                 specs[name] = _tuples(DefectSpec, {**base, **spec})
             data["defects"] = specs
         if "azimuths_deg" in data:
@@ -164,7 +162,6 @@ def generate_layer(config: SynthConfig, seed: int, index: int) -> Layer:
         scale=scale,
         parts=parts,
         part_mask=part_mask,
-        layer_thickness_um=config.layer_thickness_um,
         previous_surface=lambda: layer_surface(below_rng, part_mask, pitch, previous_hatch, scraped),
     )
     truth = np.zeros((config.size, config.size), dtype=np.uint8)
@@ -190,7 +187,7 @@ def generate_layer(config: SynthConfig, seed: int, index: int) -> Layer:
     surface = defects.compose(surface, stamps)
 
     normals = lighting.surface_normals(surface.height_um, pitch)
-    flat = config.surface.powder_albedo * (0.08 + 0.92 * math.sin(math.radians(config.elevation_deg)))
+    flat = lighting.flat_radiance(config.surface.powder_albedo, config.lights[0])
     exposures = camera.draw_exposures(rng, config.camera, len(config.lights))
     vignetting = float(rng.uniform(*config.camera.vignetting))
     images = []
