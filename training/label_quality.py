@@ -246,9 +246,10 @@ def write_report(
             command,
             "```",
             "",
-            f"{summary['layers']} layers ({summary['clean_layers']} defect-free). Labels: per light image, the background "
-            "is flattened (large Gaussian blur subtracted), bright and dark anomalies are thresholded in robust "
-            "standard deviations, cleaned by opening, closing and a minimum area, then the three lights vote. "
+            f"{summary['layers']} layers ({summary['clean_layers']} defect-free). Labels: per light image, the quadratic "
+            "trend is removed and the image band-passed (small blur minus large blur), bright and dark anomalies are "
+            "thresholded in robust standard deviations and cleaned by opening, closing and a minimum area, then the "
+            f"three lights vote. Settings: `{summary.get('label_config', {})}`. "
             f"`prepare` wrote `{summary['chosen']}` labels; all three rules are measured here. Pixel scores are "
             "micro-averaged over all layers; an instance counts as found when any labelled pixel touches it.",
             "",

@@ -218,6 +218,7 @@ def prepare(
     _write_csv(out / "dropped.csv", ("name", "reason", "detail", "files"), dropped_rows)
     if stats and report_dir is not None:
         summary = label_quality.summarize(stats, chosen=config.vote)
+        summary["label_config"] = dataclasses.asdict(config.labels)
         by_id = {t.layer_id: t for t in kept}
         examples = []
         for lid in label_quality.pick_examples(stats):
