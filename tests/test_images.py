@@ -1,4 +1,5 @@
 import io
+import os
 
 import cv2
 import numpy as np
@@ -39,10 +40,15 @@ def test_decode_keeps_sixteen_bits_and_converts_colour_to_gray():
     deep = (np.arange(256, dtype=np.uint16) * 200).reshape(16, 16)
     out = decode_gray(png_bytes(deep))
     assert out.bit_depth == 16 and np.array_equal(out.pixels, deep)
-    rgba = np.zeros((8, 8, 4), np.uint8)
-    rgba[..., :3], rgba[..., 3] = 100, 255
-    out = decode_gray(png_bytes(rgba))
-    assert out.converted_from_colour and out.pixels.shape == (8, 8) and int(out.pixels[0, 0]) == 100
+    red = Image.new("RGB", (8, 8), (200, 0, 0))  # a real RGB file: luma weights R 0.299, G 0.587, B 0.114
+    buffer = io.BytesIO()
+    red.save(buffer, format="PNG")
+    out = decode_gray(buffer.getvalue())
+    assert out.converted_from_colour and out.pixels.shape == (8, 8) and int(out.pixels[0, 0]) == 60
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 200, 255))
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG")
+    assert int(decode_gray(buffer.getvalue()).pixels[0, 0]) == 23
 
 
 def test_stacked_png_keeps_channel_k_as_light_k_in_the_file(tmp_path):
@@ -60,3 +66,6 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
     write_atomic(path, b"new contents")
     assert path.read_bytes() == b"new contents"
     assert [p.name for p in path.parent.iterdir()] == ["file.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not the owner-only mode of a temporary file

@@ -78,3 +78,12 @@ def test_parse_azimuths_rejects_bad_input(text, message):
 
 def test_parse_azimuths_wraps_into_0_360():
     assert parse_azimuths("0,120,-120") == (0.0, 120.0, 240.0)
+
+
+def test_azimuth_convention_is_counter_clockwise_from_the_right_edge_with_y_down():
+    right, top = Light(0.0, 30.0).direction(), Light(90.0, 30.0).direction()
+    assert right[0] > 0.8 and abs(right[1]) < 1e-9  # azimuth 0: beyond the right edge
+    assert top[1] < -0.8 and abs(top[0]) < 1e-9  # azimuth 90: beyond the top edge (rows grow downwards)
+    h, c = bump()
+    image = shade(h, PITCH, uniform_materials(h.shape), Light(90.0, 30.0))
+    assert image[c - 6, c] > image[c + 6, c] * 1.2  # lit from the top: the bump's upper side is brighter

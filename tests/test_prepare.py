@@ -105,3 +105,21 @@ def test_config_rejects_bad_split_and_vote():
         PrepareConfig(split=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="unknown vote rule"):
         PrepareConfig(vote="two")
+
+
+def test_bad_truth_drops_its_layer_but_not_a_valid_twin(tmp_path):
+    import cv2
+
+    synthesize(SynthConfig(size=64), tmp_path / "s", layers=2, seed=3, workers=1)
+    raw, truth = tmp_path / "s" / "raw", tmp_path / "s" / "truth"
+    for k in range(3):
+        shutil.copy(raw / f"layer_00000_a{k}.png", raw / f"twin_a{k}.png")
+    shutil.copy(truth / "layer_00000.png", truth / "twin.png")
+    cv2.imwrite(str(truth / "layer_00000.png"), np.zeros((32, 32), np.uint8))  # wrong size
+    cv2.imwrite(str(truth / "layer_00001.png"), np.zeros((64, 64, 3), np.uint8))  # colour
+    report = prepare(raw, tmp_path / "out", PrepareConfig(), truth, None, workers=1)
+    dropped = {row["name"]: (row["reason"], row["detail"]) for row in read_csv(tmp_path / "out" / "dropped.csv")}
+    assert dropped["layer_00000"][0] == "truth_mismatch" and "32x32" in dropped["layer_00000"][1]
+    assert dropped["layer_00001"][0] == "truth_mismatch" and "channels" in dropped["layer_00001"][1]
+    assert [r["layer_id"] for r in read_csv(tmp_path / "out" / "manifest.csv")] == ["twin"]
+    assert report["kept"] == 1

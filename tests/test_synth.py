@@ -81,7 +81,7 @@ def test_a_share_of_layers_is_defect_free():
     [
         ({"size": 8}, "at least 32"),
         ({"clean_fraction": 1.5}, "within 0..1"),
-        ({"elevation_deg": 95.0}, "between 1 and 89"),
+        ({"elevation_deg": 95.0}, "between 5 and 85"),
         ({"azimuths_deg": (0.0, 0.0, 90.0)}, "must differ"),
     ],
 )
@@ -98,3 +98,35 @@ def test_config_round_trips_through_json_and_rejects_unknown_keys():
     with pytest.raises(ValueError, match="low <= high"):
         SynthConfig.from_json({"defects": {"pit": {"count": [3, 1]}}})
     assert SynthConfig.from_json({"defects": {"pit": {"probability": 1.0}}}).defects["pit"].probability == 1.0
+
+
+def test_truth_lines_up_with_where_the_defect_shows_in_the_images():
+    import cv2
+
+    flat = SurfaceConfig(powder_roughness_um=0.0, unevenness_um=0.0, parts_per_layer=(0, 0))
+    quiet = dataclasses.replace(
+        SMALL.camera, bit_depth=16, full_well_e=1e9, read_noise_e=0.0, gain_drift=0.0, misregistration_px=0.0
+    )
+    config = dataclasses.replace(SMALL, size=128, surface=flat, camera=quiet, clean_fraction=0.0).only_classes(("pit",))
+    layer = generate_layer(config, seed=2, index=0)
+    change = np.zeros((128, 128))
+    for image in layer.images:
+        pixels = image.astype(np.float64)
+        change += np.abs(pixels - cv2.GaussianBlur(pixels, (0, 0), 8.0))
+    change[change < 0.2 * change.max()] = 0
+    assert layer.truth.any()
+    for instance in layer.meta["defects"]:  # one pit per component; compare centroids near each
+        x, y, w, h = instance["bbox"]
+        box = np.zeros_like(change, dtype=bool)
+        box[max(0, y - 6) : y + h + 6, max(0, x - 6) : x + w + 6] = True
+        weights = change * box
+        gy, gx = np.nonzero(weights)
+        seen = np.average(gx, weights=weights[gy, gx]), np.average(gy, weights=weights[gy, gx])
+        truth_ys, truth_xs = np.nonzero(box & (layer.truth > 0))
+        assert abs(seen[0] - truth_xs.mean()) < 1.0 and abs(seen[1] - truth_ys.mean()) < 1.0
+
+
+def test_spatter_near_the_image_border_does_not_crash():
+    config = dataclasses.replace(SynthConfig(size=128), clean_fraction=0.0).only_classes(("spatter",))
+    for index in (185, 186, 187):
+        generate_layer(config, seed=0, index=index)

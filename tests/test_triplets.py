@@ -97,3 +97,15 @@ def test_load_triplet_stacks_channels_in_light_order(tmp_path):
     assert result.stack.shape == (48, 48, 3)
     for k in range(3):
         np.testing.assert_array_equal(result.stack[:, :, k], cv2.imread(str(tmp_path / f"L_a{k}.png"), 0))
+
+
+def test_twelve_bit_data_in_sixteen_bit_files_is_judged_on_its_own_range(tmp_path):
+    for k in range(3):
+        write(tmp_path / f"L_a{k}.png", textured(k, level=100).astype(np.uint16) * 16)  # a 12-bit camera
+    triplets, _ = group_files(tmp_path)
+    assert isinstance(load_triplet(triplets[0]), LoadedTriplet)  # 0..4095 is not "blank" against 65535
+    clipped = textured(7, level=100).astype(np.uint16) * 16
+    clipped[:24] = 4095
+    write(tmp_path / "L_a1.png", clipped)
+    result = load_triplet(triplets[0])
+    assert isinstance(result, Dropped) and result.reason == "saturated" and "4095" in result.detail

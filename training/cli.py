@@ -74,14 +74,13 @@ def run_synth(args: argparse.Namespace, argv: list[str]) -> str:
         start=args.start,
         command=_command_line(argv),
     )
-    seconds = summary["seconds"]
     found = ", ".join(f"{n} {c}" for n, c in summary["instances"].items() if c)
     log.info("defect instances: %s; defect-free layers: %d", found or "none", summary["clean_layers"])
     log.info(
         "%.1f layers/s (%d layers in %.1f s, %d workers)",
-        args.layers / seconds,
+        summary["layers_per_second"],
         args.layers,
-        seconds,
+        summary["seconds"],
         summary["workers"],
     )
     return (

@@ -87,8 +87,8 @@ class LayerContext:
 def _window(shape: tuple[int, int], cx: float, cy: float, radius: float) -> tuple[slice, slice, np.ndarray, np.ndarray]:
     """Slices of a square window around (cx, cy) and the coordinates relative to the centre inside it."""
     r = math.ceil(radius) + 2
-    y0, y1 = max(0, int(cy) - r), min(shape[0], int(cy) + r + 1)
-    x0, x1 = max(0, int(cx) - r), min(shape[1], int(cx) + r + 1)
+    y0, x0 = min(shape[0], max(0, int(cy) - r)), min(shape[1], max(0, int(cx) - r))
+    y1, x1 = max(y0, min(shape[0], int(cy) + r + 1)), max(x0, min(shape[1], int(cx) + r + 1))  # empty if outside
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     return slice(y0, y1), slice(x0, x1), xx - cx, yy - cy
 
@@ -202,7 +202,7 @@ def spatter(rng: np.random.Generator, ctx: LayerContext, spec: DefectSpec) -> li
     for _ in range(n):
         radius = 0.5 * rng.uniform(*spec.size_um) / ctx.pitch_um
         height = min(rng.uniform(*spec.height_um), 2.0 * radius * ctx.pitch_um)
-        ox, oy = rng.normal(0.0, 1.2 * radius, size=2) if n > 1 else (0.0, 0.0)
+        ox, oy = np.clip(rng.normal(0.0, 1.2 * radius, size=2), -3 * radius, 3 * radius) if n > 1 else (0.0, 0.0)
         sy, sx, local, foot = _cap_particle(ctx.shape, cx + ox, cy + oy, radius, height)
         np.maximum(dh[sy, sx], local, out=dh[sy, sx])
         mask[sy, sx] |= foot

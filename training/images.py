@@ -15,6 +15,9 @@ import numpy as np
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".png", ".tif", ".tiff", ".bmp", ".jpg", ".jpeg")
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: new files get the usual permissions (mkstemp alone would make them owner-only)
+
 cv2.setLogLevel(1)  # errors only: a corrupt file is reported by our own message, not by libpng's warnings
 
 
@@ -91,6 +94,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -50,8 +50,8 @@ def parse_azimuths(text: str | Sequence[float]) -> tuple[float, float, float]:
 
 
 def check_elevation(elevation_deg: float) -> float:
-    if not 1.0 <= elevation_deg <= 89.0:
-        raise ValueError(f"light elevation must be between 1 and 89 degrees above the bed, got {elevation_deg}")
+    if not 5.0 <= elevation_deg <= 85.0:
+        raise ValueError(f"light elevation must be between 5 and 85 degrees above the bed, got {elevation_deg}")
     return float(elevation_deg)
 
 
@@ -71,7 +71,7 @@ def shift_image(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
 
 
 def light_visibility(
-    height_um: np.ndarray, pitch_um: float, light: Light, source_radius_deg: float = 1.5, max_steps: int = 96
+    height_um: np.ndarray, pitch_um: float, light: Light, source_radius_deg: float = 1.5
 ) -> np.ndarray:
     """Fraction of the light's disc visible from each pixel (1 lit, 0 in full shadow), float32 (H, W).
 
@@ -86,7 +86,9 @@ def light_visibility(
         math.tan(theta + math.radians(source_radius_deg)) - math.tan(theta - math.radians(source_radius_deg))
     )
     relief = float(h.max() - h.min())
-    steps = min(max_steps, math.ceil(relief / (pitch_um * math.tan(theta - math.radians(source_radius_deg)))) + 1)
+    lowest = math.tan(max(theta - math.radians(source_radius_deg), math.radians(1.0)))  # the disc's lowest edge
+    longest = math.ceil(math.hypot(*h.shape))  # no shadow is longer than the image
+    steps = min(longest, math.ceil(relief / (pitch_um * lowest)) + 1)
     if relief <= 0.0 or steps < 1:
         return np.ones_like(h)
     d = light.direction()

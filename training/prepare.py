@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from training import label_quality
-from training.images import ImageError, encode_png, read_gray, write_atomic
+from training.images import ImageError, encode_png, read_png_array, write_atomic
 from training.labels import LabelConfig, check_vote, light_votes, vote
 from training.triplets import REASONS, Dropped, QualityLimits, Triplet, group_files, load_triplet
 from training.workers import progress_map
@@ -77,10 +77,39 @@ def split_of(layer_id: str, fractions: tuple[float, float, float]) -> str:
     return "val" if u < fractions[0] + fractions[1] else "test"
 
 
-def _check(job: tuple[Triplet, QualityLimits]) -> Dropped | tuple[str, str]:
-    triplet, limits = job
+def read_truth(truth_dir: str | None, layer_id: str, shape: tuple[int, int]) -> np.ndarray | Dropped | None:
+    """The layer's truth map (H, W) uint8 (0 = no defect; 1..C = class, or any nonzero value for a plain mask), a
+    Dropped saying why it cannot be used, or None when there is no truth for the layer."""
+    if truth_dir is None:
+        return None
+    path = Path(truth_dir) / f"{layer_id}.png"
+    if not path.exists():
+        return None
+
+    def bad(detail: str) -> Dropped:
+        return Dropped(layer_id, "truth_mismatch", f"truth {path.name}: {detail}", (path.name,))
+
+    try:
+        truth = read_png_array(path)
+    except (ImageError, OSError) as err:
+        return bad(str(err))
+    if truth.ndim != 2:
+        return bad(f"has {truth.shape[2]} channels; a truth map has one (class ids, or 0 / nonzero)")
+    if truth.shape != shape:
+        return bad(f"is {truth.shape[0]}x{truth.shape[1]}, the images are {shape[0]}x{shape[1]}")
+    if int(truth.max()) > 255:
+        return bad(f"holds values up to {int(truth.max())}; class ids must fit in 0..255")
+    return truth.astype(np.uint8)
+
+
+def _check(job: tuple[Triplet, QualityLimits, str | None]) -> Dropped | tuple[str, str]:
+    """First pass: can the layer be used (images and truth)? Returns its pixel digest to find duplicates."""
+    triplet, limits, truth_dir = job
     loaded = load_triplet(triplet, limits)
-    return loaded if isinstance(loaded, Dropped) else (loaded.layer_id, loaded.digest)
+    if isinstance(loaded, Dropped):
+        return loaded
+    truth = read_truth(truth_dir, loaded.layer_id, loaded.stack.shape[:2])
+    return truth if isinstance(truth, Dropped) else (loaded.layer_id, loaded.digest)
 
 
 def _process(job: tuple[Triplet, PrepareConfig, str, str | None]) -> dict:
@@ -90,6 +119,9 @@ def _process(job: tuple[Triplet, PrepareConfig, str, str | None]) -> dict:
     loaded = load_triplet(triplet, config.limits)
     if isinstance(loaded, Dropped):  # the files changed since the first pass
         return {"row": None, "stats": None, "dropped": loaded}
+    truth = read_truth(truth_dir, triplet.layer_id, loaded.stack.shape[:2])
+    if isinstance(truth, Dropped):
+        return {"row": None, "stats": None, "dropped": truth}
     stack = loaded.stack
     votes = light_votes(stack, config.labels)  # (H, W) 0..3
     label = vote(votes, config.vote)
@@ -109,23 +141,10 @@ def _process(job: tuple[Triplet, PrepareConfig, str, str | None]) -> dict:
         "converted_from_colour": int(loaded.converted_from_colour),
     }
     result: dict = {"row": row, "stats": None, "dropped": None}
-    truth = None
-    if truth_dir is not None:
-        path = Path(truth_dir) / f"{lid}.png"
-        if path.exists():
-            try:
-                truth = read_gray(path).pixels
-            except ImageError as err:
-                result["dropped"] = Dropped(lid, "truth_mismatch", f"truth {path.name}: {err}", (path.name,))
-                return result
-            if truth.shape != label.shape:
-                detail = f"truth {path.name} is {truth.shape[0]}x{truth.shape[1]}, images are {label.shape[0]}x{label.shape[1]}"
-                result["dropped"] = Dropped(lid, "truth_mismatch", detail, (path.name,))
-                return result
     write_atomic(out / row["image"], encode_png(stack))
     write_atomic(out / row["mask"], encode_png(label.astype(np.uint8) * 255))
     if truth is not None:
-        write_atomic(out / "truth" / f"{lid}.png", encode_png(truth.astype(np.uint8)))
+        write_atomic(out / "truth" / f"{lid}.png", encode_png(truth))
         row["truth"] = f"truth/{lid}.png"
         row["truth_fraction"] = round(float((truth > 0).mean()), 6)
         result["stats"] = label_quality.layer_stats(votes, truth)
@@ -158,7 +177,8 @@ def prepare(
 
     first_seen: dict[str, str] = {}
     kept: list[Triplet] = []
-    checks = progress_map(_check, [(t, config.limits) for t in triplets], workers, "check", "layer")
+    truth_arg = str(truth_dir) if truth_dir is not None else None
+    checks = progress_map(_check, [(t, config.limits, truth_arg) for t in triplets], workers, "check", "layer")
     for triplet, checked in zip(triplets, checks, strict=True):
         if isinstance(checked, Dropped):
             dropped.append(checked)
@@ -170,7 +190,6 @@ def prepare(
             first_seen[checked[1]] = triplet.layer_id
             kept.append(triplet)
 
-    truth_arg = str(truth_dir) if truth_dir is not None else None
     jobs = [(t, config, str(out), truth_arg) for t in kept]
     rows, stats = [], []
     for result in progress_map(_process, jobs, workers, "prepare", "layer"):
@@ -223,7 +242,7 @@ def prepare(
         examples = []
         for lid in label_quality.pick_examples(stats):
             loaded = load_triplet(by_id[lid], config.limits)
-            truth = read_gray(Path(truth_dir) / f"{lid}.png").pixels
+            truth = read_truth(truth_arg, lid, loaded.stack.shape[:2])
             examples.append((lid, loaded.stack, light_votes(loaded.stack, config.labels), truth))
         synth_record = raw.parent / "synth_config.json"  # written by `synth`: the command that made this data
         data_command = json.loads(synth_record.read_text()).get("command") if synth_record.exists() else None

@@ -268,7 +268,8 @@ def synthesize(
         "clean_layers": clean,
         "instances": counts,
         "workers": resolve_workers(workers, layers),
-        "seconds": round(seconds, 2),
+        "seconds": round(seconds, 3),
+        "layers_per_second": round(layers / max(seconds, 1e-9), 3),
         "config": config.to_json(),
     }
     write_atomic(out / "synth_config.json", (json.dumps(record, indent=2) + "\n").encode())

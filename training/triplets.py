@@ -91,6 +91,16 @@ class LoadedTriplet:
     converted_from_colour: bool
 
 
+def effective_full_scale(images: list) -> int:
+    """Largest value the camera can write: 255 for 8-bit files; for 16-bit files the smallest 2^b - 1 (b >= 10)
+    that holds the data, since 10-, 12- and 14-bit cameras store their pixels in 16-bit files."""
+    if images[0].pixels.dtype == np.uint8:
+        return 255
+    peak = max(int(im.pixels.max()) for im in images)
+    bits = max(10, peak.bit_length())
+    return (1 << bits) - 1
+
+
 def load_triplet(triplet: Triplet, limits: QualityLimits = QualityLimits()) -> LoadedTriplet | Dropped:
     """Decode and check one triplet; returns the stacked pixels, or why the layer cannot be used."""
     files = tuple(p.name for p in triplet.paths)
@@ -110,7 +120,7 @@ def load_triplet(triplet: Triplet, limits: QualityLimits = QualityLimits()) -> L
     depths = [im.bit_depth for im in images]
     if len(set(depths)) > 1:
         return drop("bit_depth_mismatch", f"bit depths {depths}")
-    full = (1 << depths[0]) - 1
+    full = effective_full_scale(images)
     for k, im in enumerate(images):
         low, high = np.percentile(im.pixels, [0.5, 99.5])
         if (high - low) < limits.min_contrast * full:
