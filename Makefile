@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: setup java demo test lint format label-report clean
+.PHONY: setup java demo test lint format label-report results results-data results-train clean
 
 setup: $(STAMP) java
 
@@ -50,3 +50,21 @@ label-report: setup
 
 clean:
 	rm -rf data/demo data/label-report .pytest_cache .ruff_cache
+
+# Regenerates docs/results.md: two trainings (heuristic labels, exact truth) on the same synthetic set, evaluated
+# against exact truth. On 2 CPU cores the two trainings run side by side, one core each, for RESULTS_MINUTES.
+RESULTS := data/results
+RESULTS_MINUTES ?= 55
+results-data: setup
+	$(PY) -m training synth --out $(RESULTS)/synth --layers 300 --seed 1
+	$(PY) -m training prepare --raw $(RESULTS)/synth/raw --truth $(RESULTS)/synth/truth --out $(RESULTS)/processed --report-dir $(RESULTS)/report
+
+results-train: results-data
+	@mkdir -p runs
+	OMP_NUM_THREADS=1 $(PY) -m training train --data $(RESULTS)/processed --out runs/results-truth --labels truth --profile full --max-minutes $(RESULTS_MINUTES) > runs/results-truth.log 2>&1 & \
+	OMP_NUM_THREADS=1 $(PY) -m training train --data $(RESULTS)/processed --out runs/results-heuristic --labels heuristic --profile full --max-minutes $(RESULTS_MINUTES) > runs/results-heuristic.log 2>&1 & \
+	wait
+	@tail -n 1 runs/results-truth.log runs/results-heuristic.log
+
+results: results-train
+	$(PY) -m training evaluate --checkpoint runs/results-heuristic/checkpoint.pt --checkpoint runs/results-truth/checkpoint.pt --report docs/results.md

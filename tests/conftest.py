@@ -11,3 +11,31 @@ if str(ROOT) not in sys.path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory) -> Path:
+    """16 small synthetic layers (64 x 64), prepared with truth: 6 train, 6 val, 4 test."""
+    import dataclasses
+
+    from training.prepare import PrepareConfig, prepare
+    from training.synth import SynthConfig, synthesize
+
+    root = tmp_path_factory.mktemp("tiny")
+    synthesize(
+        dataclasses.replace(SynthConfig(size=64), clean_fraction=0.2), root / "synth", layers=16, seed=0, workers=1
+    )
+    config = PrepareConfig(split=(0.5, 0.25, 0.25))
+    prepare(root / "synth" / "raw", root / "processed", config, root / "synth" / "truth", None, workers=1)
+    return root / "processed"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_prepared, tmp_path_factory) -> Path:
+    """A two-epoch training on the tiny set (truth labels); copy it before changing it."""
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    profile = TrainConfig("tiny", epochs=2, repeats=1, batch_size=2, crop=32, lr=1e-3, patience=5)
+    train(tiny_prepared, out, profile, labels="truth", device_name="cpu", seed=0, command="CMD")
+    return out

@@ -108,6 +108,10 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
         help="how many lights must agree: 3, 2 or 1 (default: majority)",
     )
     p.add_argument("--truth", type=Path, help="folder of exact truth class maps <layer_id>.png (synthetic data)")
+    p.add_argument(
+        "--lights",
+        help="azimuths of the lights of a0, a1, a2 in degrees (default: from synth_config.json, else 0,120,240)",
+    )
     p.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions (default: 0.7,0.15,0.15)")
     p.add_argument("--threshold", type=float, help="anomaly threshold in robust standard deviations (default: 2.5)")
     p.add_argument("--background-sigma", type=float, help="background blur in pixels (default: 12)")
@@ -127,7 +131,10 @@ def run_prepare(args: argparse.Namespace, argv: list[str]) -> str:
         "min_area_px": args.min_area,
     }
     labels = LabelConfig(**{k: v for k, v in label_args.items() if v is not None})
-    config = PrepareConfig(vote=args.vote, labels=labels, split=parse_split(args.split))
+    from training.lighting import parse_azimuths
+
+    azimuths = parse_azimuths(args.lights) if args.lights else None
+    config = PrepareConfig(vote=args.vote, labels=labels, split=parse_split(args.split), azimuths_deg=azimuths)
     report = prepare(args.raw, args.out, config, args.truth, args.report_dir, args.workers, _command_line(argv))
     splits = ", ".join(f"{n} {s}" for s, n in report["splits"].items())
     where = f"wrote {report['kept']} layers ({splits}) to {args.out} (manifest.csv, images/, masks/"
@@ -138,7 +145,127 @@ def run_prepare(args: argparse.Namespace, argv: list[str]) -> str:
     return where
 
 
-COMMANDS = (add_synth, add_prepare)
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the U-Net (MobileNetV2 encoder) on a prepared folder",
+        description="Train on DATA (written by prepare). Writes OUT/checkpoint.pt (best by validation F1), "
+        "OUT/last.pt, metrics.csv, curves.png, tb/ and args.json. Start with torchrun for several processes.",
+    )
+    p.add_argument(
+        "--data", type=Path, default=Path("data/processed"), help="prepared folder (default: data/processed)"
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder (default: runs/default)")
+    p.add_argument(
+        "--profile",
+        default="quick",
+        choices=("quick", "full"),
+        help="quick: <= 4 min on 2 CPU cores; full: the recipe for a better model (default: quick)",
+    )
+    p.add_argument(
+        "--labels",
+        default="heuristic",
+        choices=("heuristic", "truth", "masks"),
+        help="what to learn from (default: heuristic, what real data has)",
+    )
+    p.add_argument("--masks", type=Path, help="with --labels masks: folder of <layer_id>.png masks (nonzero = defect)")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="auto: cuda, then mps, then cpu"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--pos-weight",
+        type=float,
+        help="BCE weight of defect pixels (default: background/defect ratio of the training labels)",
+    )
+    p.add_argument(
+        "--pretrained", action="store_true", help="ImageNet encoder weights, only if already in the local cache"
+    )
+    p.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
+    p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
+    p.add_argument("--max-minutes", type=float, help="override the profile's time budget")
+    p.add_argument("--batch-size", type=int, help="override the profile's batch size")
+    p.add_argument("--crop", type=int, help="override the profile's training crop size (a multiple of 32)")
+    p.add_argument("--repeats", type=int, help="override the profile's crops per layer per epoch")
+    p.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.train import check_profile, train
+
+    overrides = {
+        "epochs": args.epochs,
+        "max_minutes": args.max_minutes,
+        "batch_size": args.batch_size,
+        "crop": args.crop,
+        "repeats": args.repeats,
+    }
+    profile = dataclasses.replace(check_profile(args.profile), **{k: v for k, v in overrides.items() if v is not None})
+    summary = train(
+        args.data,
+        args.out,
+        profile,
+        labels=args.labels,
+        masks_dir=args.masks,
+        device_name=args.device,
+        seed=args.seed,
+        pos_weight=args.pos_weight,
+        pretrained=args.pretrained,
+        resume=args.resume,
+        loader_workers=args.loader_workers,
+        command=_command_line(argv),
+    )
+    if not summary:  # not the main process of a distributed run
+        return ""
+    return (
+        f"best epoch {summary['best_epoch']} of {summary['epochs_run']}: val F1 {summary['f1']:.3f}, "
+        f"defect recall {summary['defect_recall']:.3f} ({summary['seconds']:.0f} s); wrote {args.out}/checkpoint.pt, "
+        f"last.pt, metrics.csv, curves.png, tb/, args.json"
+    )
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="precision-recall curve, threshold choice written into the checkpoint, report vs exact truth",
+        description="Choose each checkpoint's decision threshold on --threshold-split by --rule, write it into the "
+        "checkpoint's ModelConfig, and report scores on --split against exact truth and heuristic labels, with the "
+        "heuristic labeller as a baseline.",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, action="append", required=True, help="checkpoint.pt (repeat to compare models)"
+    )
+    p.add_argument("--data", type=Path, help="prepared folder (default: the one the first model was trained on)")
+    p.add_argument("--split", default="test", help="split to report on (default: test)")
+    p.add_argument("--threshold-split", default="val", help="split the threshold is chosen on (default: val)")
+    p.add_argument("--rule", nargs="+", default=["max-f1"], metavar="RULE", help="max-f1 (default) or: min-recall R")
+    p.add_argument(
+        "--reference",
+        default="labels",
+        choices=("labels", "truth"),
+        help="choose the threshold against the model's own label source (default) or exact truth",
+    )
+    p.add_argument("--report", type=Path, help="Markdown report (default: results.md next to the first checkpoint)")
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.evaluate import evaluate, parse_rule
+
+    report = args.report or args.checkpoint[0].parent / "results.md"
+    results = evaluate(
+        args.checkpoint, report, args.data, args.split, args.threshold_split, parse_rule(args.rule), args.reference,
+        _command_line(argv),
+    )  # fmt: skip
+    lines = [
+        f"{r['checkpoint']}: threshold {r['threshold']:.3f}, {args.split} F1 vs truth {r['scores']['vs_truth']['f1']:.3f}"
+        for r in results
+    ]
+    return "\n".join([*lines, f"wrote {report} with its figures; thresholds written into the checkpoints"])
+
+
+COMMANDS = (add_synth, add_prepare, add_train, add_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,5 +289,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(message)
+    if message:
+        print(message)
     return 0

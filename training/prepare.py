@@ -50,6 +50,9 @@ class PrepareConfig:
     labels: LabelConfig = field(default_factory=LabelConfig)
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     limits: QualityLimits = field(default_factory=QualityLimits)
+    azimuths_deg: tuple[float, float, float] | None = (
+        None  # light k's azimuth; None: from synth_config.json or 0,120,240
+    )
 
     def __post_init__(self) -> None:
         check_vote(self.vote)
@@ -151,6 +154,16 @@ def _process(job: tuple[Triplet, PrepareConfig, str, str | None]) -> dict:
     return result
 
 
+def _recorded_azimuths(raw: Path) -> tuple[float, float, float]:
+    record = raw.parent / "synth_config.json"
+    if record.exists():
+        azimuths = tuple(json.loads(record.read_text())["config"]["azimuths_deg"])
+        log.info("light azimuths %s taken from %s", azimuths, record)
+        return azimuths  # type: ignore[return-value]
+    log.info("light azimuths not given (--lights): assuming 0,120,240 degrees for images a0, a1, a2")
+    return (0.0, 120.0, 240.0)
+
+
 def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -172,6 +185,7 @@ def prepare(
     raw, out = Path(raw), Path(out)
     if truth_dir is not None and not Path(truth_dir).is_dir():
         raise FileNotFoundError(f"truth folder {truth_dir} does not exist or is not a folder")
+    azimuths = config.azimuths_deg or _recorded_azimuths(raw)
     triplets, dropped = group_files(raw)
     log.info("found %d complete triplets in %s", len(triplets), raw)
 
@@ -218,6 +232,7 @@ def prepare(
         "dropped_by_reason": {r: reasons[r] for r in sorted(reasons)},
         "reasons": {r: REASONS[r] for r in sorted(reasons)},
         "splits": {s: sum(r["split"] == s for r in rows) for s in SPLITS},
+        "azimuths_deg": list(azimuths),
         "config": dataclasses.asdict(config),
     }
     out.mkdir(parents=True, exist_ok=True)

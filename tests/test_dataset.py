@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from training.augment import LightSymmetry, PerLightDrift, training_transform
+from training.config import ModelConfig
+from training.dataset import TrainingCrops, load_split
+
+
+def test_label_sources(tiny_prepared, tmp_path):
+    truth = load_split(tiny_prepared, "train", "truth")
+    heuristic = load_split(tiny_prepared, "train", "heuristic")
+    assert [r.layer_id for r in truth] == [r.layer_id for r in heuristic] and len(truth) == 6
+    for t, h in zip(truth, heuristic, strict=True):
+        np.testing.assert_array_equal(t.label, t.truth > 0)
+        np.testing.assert_array_equal(h.label, h.heuristic)
+        assert t.stack.shape == (64, 64, 3)
+    import cv2
+
+    for r in truth:  # user-supplied masks in the same layout
+        cv2.imwrite(str(tmp_path / f"{r.layer_id}.png"), np.full((64, 64), 255, np.uint8))
+    masks = load_split(tiny_prepared, "train", "masks", tmp_path)
+    assert all(r.label.all() for r in masks)
+
+
+@pytest.mark.parametrize(
+    ("labels", "masks", "message"),
+    [("pseudo", None, "choose from: heuristic, truth, masks"), ("masks", None, "needs --masks")],
+)
+def test_label_source_errors(tiny_prepared, labels, masks, message):
+    with pytest.raises(ValueError, match=message):
+        load_split(tiny_prepared, "train", labels, masks)
+
+
+def test_missing_manifest_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `python -m training prepare"):
+        load_split(tmp_path, "train", "truth")
+
+
+def test_training_crops_are_normalised_tensors_with_masks(tiny_prepared):
+    records = load_split(tiny_prepared, "train", "truth")
+    config = ModelConfig()
+    transform = training_transform(32, config.azimuths_deg)
+    transform.set_random_seed(0)
+    crops = TrainingCrops(records, config, transform, repeats=3)
+    assert len(crops) == 18
+    item = crops[0]
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert item["mask"].shape == (1, 32, 32) and set(item["mask"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_light_symmetry_permutes_channels_with_the_mirror():
+    stack = np.zeros((4, 4, 3), np.float32)
+    stack[0, :, 1] = 1.0  # top row bright in channel 1 only
+    mask = np.zeros((4, 4), np.uint8)
+    mask[0, 0] = 1
+    transform = LightSymmetry((0.0, 120.0, 240.0), p=1.0)
+    outputs = set()
+    for seed in range(12):
+        transform.set_random_seed(seed)
+        out = transform(image=stack, mask=mask)
+        if out["mask"][3, 0] == 1:  # mirrored top <-> bottom: channels 1 and 2 swap
+            assert out["image"][3, :, 2].all() and not out["image"][..., 1].any()
+            outputs.add("mirror")
+        else:
+            np.testing.assert_array_equal(out["image"], stack)
+            outputs.add("identity")
+    assert outputs == {"mirror", "identity"}
+
+
+def test_per_light_drift_differs_between_channels_and_stays_in_range():
+    image = np.full((32, 32, 3), 0.5, np.float32)
+    drift = PerLightDrift(p=1.0)
+    drift.set_random_seed(3)
+    out = drift(image=image)["image"]
+    means = out.reshape(-1, 3).mean(axis=0)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    assert np.ptp(means) > 0.005

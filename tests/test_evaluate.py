@@ -1,0 +1,74 @@
+import shutil
+
+import numpy as np
+import pytest
+
+from training.evaluate import BINS, Curve, Rule, detection_scores, evaluate, parse_rule
+from training.model import load_checkpoint
+
+
+def test_curve_counts_and_threshold_rules():
+    curve = Curve.empty()
+    probabilities = np.array([0.95, 0.85, 0.6, 0.4, 0.3, 0.1])
+    reference = np.array([True, True, False, True, False, False])
+    curve.add(probabilities, reference)
+    table = curve.table()
+    i = int(0.5 * BINS)  # threshold 0.5: predicted 0.95, 0.85, 0.6 -> tp 2, fp 1, fn 1
+    assert table["precision"][i] == pytest.approx(2 / 3) and table["recall"][i] == pytest.approx(2 / 3)
+    threshold, at = curve.choose(Rule("max-f1"))
+    assert at["f1"] == pytest.approx(max(table["f1"][1:BINS]))
+    assert 0.3 < threshold <= 0.4 and at["recall"] == 1.0  # keeping 0.4 gives F1 0.857
+    threshold, at = curve.choose(Rule("min-recall", 0.6))
+    assert at["precision"] == 1.0 and 0.6 < threshold <= 0.85
+    with pytest.raises(ValueError, match="no threshold reaches"):
+        Curve.empty().choose(Rule("min-recall", 0.5)) if False else curve_without_positives().choose(
+            Rule("min-recall", 0.5)
+        )
+
+
+def curve_without_positives():
+    curve = Curve.empty()
+    curve.add(np.array([0.2, 0.7]), np.array([False, False]))
+    curve.positives[0] = 1  # one positive that no threshold above zero can recall
+    return curve
+
+
+@pytest.mark.parametrize(
+    ("words", "rule"), [(["max-f1"], Rule("max-f1")), (["min-recall", "0.9"], Rule("min-recall", 0.9))]
+)
+def test_parse_rule(words, rule):
+    assert parse_rule(words) == rule
+
+
+@pytest.mark.parametrize("words", [["best"], ["min-recall"], ["min-recall", "1.5"], ["min-recall", "x"]])
+def test_parse_rule_rejects(words):
+    with pytest.raises(ValueError, match="max-f1' or 'min-recall R"):
+        parse_rule(words)
+
+
+def test_detection_scores_against_truth_and_heuristic(tiny_prepared):
+    from training.dataset import load_split
+
+    records = load_split(tiny_prepared, "test", "heuristic")
+    perfect = detection_scores([r.truth > 0 for r in records], records)
+    assert perfect["vs_truth"]["f1"] == 1.0 and perfect["vs_truth"]["defect_recall"] == 1.0
+    nothing = detection_scores([np.zeros_like(r.label, bool) for r in records], records)
+    assert nothing["vs_truth"]["recall"] == 0.0 and nothing["vs_truth"]["defect_recall"] == 0.0
+
+
+def test_evaluate_writes_threshold_into_the_checkpoint_and_a_report(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before, _, _ = load_checkpoint(run / "checkpoint.pt")
+    results = evaluate([run / "checkpoint.pt"], tmp_path / "docs" / "results.md", command="EVAL")
+    after, _, _ = load_checkpoint(run / "checkpoint.pt")
+    assert (
+        after.threshold == pytest.approx(results[0]["threshold"]) and "max-f1 on val vs truth" in after.threshold_rule
+    )
+    assert after.replace(threshold=before.threshold, threshold_rule=before.threshold_rule) == before
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "| U-Net trained on truth |" in text and "| heuristic labeller (baseline) |" in text
+    assert "CMD" in text and "EVAL" in text  # the commands that regenerate it
+    for name in ("results_pr.png", "results_examples.png"):
+        assert (tmp_path / "docs" / name).stat().st_size > 1000
+    assert (run / "pr_curve.png").exists()

@@ -1,0 +1,42 @@
+import logging
+
+import torch
+
+from training.config import ModelConfig
+from training.model import (
+    build_model,
+    cached_encoder_weights,
+    load_checkpoint,
+    load_pretrained_encoder,
+    save_checkpoint,
+)
+
+
+def test_checkpoint_round_trip_rebuilds_the_model_from_its_config(tmp_path):
+    config = ModelConfig(threshold=0.42, label_source="heuristic", training={"profile": "quick"})
+    model = build_model(config).eval()
+    save_checkpoint(tmp_path / "c.pt", config, model.state_dict(), epoch=3)
+    loaded_config, loaded, payload = load_checkpoint(tmp_path / "c.pt")
+    assert loaded_config == config and payload["epoch"] == 3
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_pretrained_weights_only_from_the_local_cache(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    model = build_model(ModelConfig())
+    with caplog.at_level(logging.WARNING):
+        assert cached_encoder_weights("mobilenet_v2") is None
+        assert not load_pretrained_encoder(model, "mobilenet_v2")
+    assert "random initialisation" in caplog.text and "nothing is downloaded" in caplog.text
+
+    # A real torchvision MobileNetV2 checkpoint file in the cache is found and loaded into the encoder.
+    from torchvision.models import mobilenet_v2
+
+    source = mobilenet_v2(weights=None)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(source.state_dict(), tmp_path / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth")
+    assert load_pretrained_encoder(model, "mobilenet_v2")
+    torch.testing.assert_close(model.encoder.features[0][0].weight, source.features[0][0].weight)

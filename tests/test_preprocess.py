@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from training.config import ModelConfig
+from training.preprocess import channel_statistics, normalize, pad_to_multiple, to_unit
+
+
+def test_to_unit_scales_by_bit_depth():
+    assert to_unit(np.array([[[0, 255, 51]]], np.uint8)).tolist() == [[[0.0, 1.0, pytest.approx(0.2)]]]
+    assert to_unit(np.array([[[65535, 0, 0]]], np.uint16))[0, 0, 0] == 1.0
+    with pytest.raises(ValueError, match="8- or 16-bit"):
+        to_unit(np.zeros((1, 1, 3), np.float32))
+
+
+def test_normalize_uses_the_config_and_moves_channels_first():
+    config = ModelConfig(mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 1.0))
+    out = normalize(np.full((2, 3, 3), 0.5, np.float32), config)
+    assert out.shape == (3, 2, 3)
+    np.testing.assert_allclose(out[:, 0, 0], [0.0, 1.0, 0.5])
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        normalize(np.zeros((2, 3), np.float32), config)
+
+
+def test_pad_to_multiple_keeps_content_and_reports_the_original_size():
+    chw = np.arange(3 * 33 * 40, dtype=np.float32).reshape(3, 33, 40)
+    padded, size = pad_to_multiple(chw, 32)
+    assert padded.shape == (3, 64, 64) and size == (33, 40)
+    np.testing.assert_array_equal(padded[:, :33, :40], chw)
+    same, _ = pad_to_multiple(np.zeros((3, 64, 32), np.float32), 32)
+    assert same.shape == (3, 64, 32)
+
+
+def test_channel_statistics():
+    a = np.zeros((2, 2, 3), np.uint8)
+    a[..., 1] = 255
+    mean, std = channel_statistics([a, a])
+    assert mean == (0.0, 1.0, 0.0) and max(std) < 1e-3
+
+
+def test_model_config_round_trip_and_checks():
+    config = ModelConfig(threshold=0.3, training={"layers": 5})
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown encoder"):
+        ModelConfig(encoder="resnet9000")
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        ModelConfig(threshold=1.0)
+    with pytest.raises(ValueError, match="unknown ModelConfig field"):
+        ModelConfig.from_dict({"colour": 1})
