@@ -72,3 +72,16 @@ def test_evaluate_writes_threshold_into_the_checkpoint_and_a_report(tiny_run, tm
     for name in ("results_pr.png", "results_examples.png"):
         assert (tmp_path / "docs" / name).stat().st_size > 1000
     assert (run / "pr_curve.png").exists()
+
+
+def test_evaluate_on_real_data_without_truth_reports_n_a(tiny_run, tiny_prepared, tmp_path):
+    from training.model import save_checkpoint
+    from training.prepare import PrepareConfig, prepare
+
+    data = tmp_path / "no_truth"
+    prepare(tiny_prepared.parent / "synth" / "raw", data, PrepareConfig(split=(0.5, 0.25, 0.25)), None, None, workers=1)
+    config, model, _ = load_checkpoint(tiny_run / "checkpoint.pt")
+    save_checkpoint(tmp_path / "c.pt", config.replace(label_source="heuristic"), model.state_dict())
+    results = evaluate([tmp_path / "c.pt"], tmp_path / "r.md", data_dir=data)
+    assert results[0]["scores"]["vs_truth"] is None
+    assert "| n/a | n/a | n/a | n/a | n/a |" in (tmp_path / "r.md").read_text()

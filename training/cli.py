@@ -258,10 +258,15 @@ def run_evaluate(args: argparse.Namespace, argv: list[str]) -> str:
         args.checkpoint, report, args.data, args.split, args.threshold_split, parse_rule(args.rule), args.reference,
         _command_line(argv),
     )  # fmt: skip
-    lines = [
-        f"{r['checkpoint']}: threshold {r['threshold']:.3f}, {args.split} F1 vs truth {r['scores']['vs_truth']['f1']:.3f}"
-        for r in results
-    ]
+    lines = []
+    for r in results:
+        truth = r["scores"]["vs_truth"]
+        score = (
+            f"{args.split} F1 vs truth {truth['f1']:.3f}"
+            if truth
+            else f"{args.split} F1 vs heuristic labels {r['scores']['vs_heuristic']['f1']:.3f}"
+        )
+        lines.append(f"{r['checkpoint']}: threshold {r['threshold']:.3f}, {score}")
     return "\n".join([*lines, f"wrote {report} with its figures; thresholds written into the checkpoints"])
 
 

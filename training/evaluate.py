@@ -108,8 +108,11 @@ def detection_scores(predicted: list[np.ndarray], records: list[LayerRecord]) ->
     def pixel(c: Counts) -> dict[str, float]:
         return {"precision": c.precision(), "recall": c.recall(), "f1": c.f1(), "iou": c.iou()}
 
+    has_truth = any(r.truth is not None for r in records)
     return {
-        "vs_truth": {**pixel(truth), "defect_recall": all_found / all_total if all_total else None},
+        "vs_truth": {**pixel(truth), "defect_recall": all_found / all_total if all_total else None}
+        if has_truth
+        else None,
         "vs_heuristic": pixel(heuristic),
         "defect_recall_by_class": {n: (f / t if t else None) for n, (f, t) in found.items()},
         "instances_by_class": {n: t for n, (_, t) in found.items()},
@@ -215,15 +218,18 @@ def plot_examples(results: list[dict[str, Any]], path: Path, n: int = 3) -> None
     from training.label_quality import _display
 
     records = results[0]["records"]
-    order = sorted(
-        range(len(records)), key=lambda i: -(int((records[i].truth > 0).sum()) if records[i].truth is not None else 0)
-    )
+    has_truth = all(r.truth is not None for r in records)
+
+    def reference_of(record: LayerRecord) -> np.ndarray:
+        return record.truth > 0 if has_truth else record.heuristic > 0
+
+    order = sorted(range(len(records)), key=lambda i: -int(reference_of(records[i]).sum()))
     chosen = sorted(order[:n])
     columns = ["stacked image", *[f"trained on {r['label_source']}" for r in results], "heuristic labels"]
     fig, axes = plt.subplots(len(chosen), len(columns), figsize=(3 * len(columns), 3 * len(chosen)), squeeze=False)
     for row, i in enumerate(chosen):
         record = records[i]
-        reference = record.truth > 0
+        reference = reference_of(record)
         axes[row, 0].imshow(_display(record.stack))
         axes[row, 0].set_ylabel(record.layer_id, fontsize=8)
         masks = [r["predicted"][i] for r in results] + [record.heuristic > 0]
@@ -239,7 +245,8 @@ def plot_examples(results: list[dict[str, Any]], path: Path, n: int = 3) -> None
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("against exact truth - green: found; red: false alarm; blue: missed", fontsize=9)
+    against = "exact truth" if has_truth else "heuristic labels (no truth)"
+    fig.suptitle(f"against {against} - green: found; red: false alarm; blue: missed", fontsize=9)
     fig.tight_layout()
     write_atomic(path, _figure_png(fig))
     plt.close(fig)
@@ -247,11 +254,12 @@ def plot_examples(results: list[dict[str, Any]], path: Path, n: int = 3) -> None
 
 def _row(name: str, threshold: str, s: dict[str, Any]) -> str:
     t, h = s["vs_truth"], s["vs_heuristic"]
-    dr = "n/a" if t["defect_recall"] is None else f"{t['defect_recall']:.3f}"
-    return (
-        f"| {name} | {threshold} | {t['precision']:.3f} | {t['recall']:.3f} | {t['f1']:.3f} | {t['iou']:.3f} | {dr} | "
-        f"{h['precision']:.3f} | {h['recall']:.3f} | {h['f1']:.3f} |"
-    )
+    if t is None:  # real data: no exact truth
+        truth_cells = "n/a | n/a | n/a | n/a | n/a"
+    else:
+        dr = "n/a" if t["defect_recall"] is None else f"{t['defect_recall']:.3f}"
+        truth_cells = f"{t['precision']:.3f} | {t['recall']:.3f} | {t['f1']:.3f} | {t['iou']:.3f} | {dr}"
+    return f"| {name} | {threshold} | {truth_cells} | {h['precision']:.3f} | {h['recall']:.3f} | {h['f1']:.3f} |"
 
 
 def _commands(results: list[dict[str, Any]], evaluate_command: str) -> list[str]:
