@@ -4,7 +4,6 @@ itself as a baseline detector."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shlex
@@ -18,6 +17,7 @@ import torch
 from training.config import ModelConfig
 from training.dataset import LayerRecord, load_split
 from training.defects import CLASSES
+from training.figures import display_stack, error_overlay, pyplot, save_png
 from training.images import write_atomic
 from training.inference import predict_probabilities
 from training.metrics import Counts, components_found, confusion
@@ -178,19 +178,8 @@ def heuristic_baseline(records: list[LayerRecord]) -> dict[str, Any]:
     return detection_scores([r.heuristic > 0 for r in records], records)
 
 
-def _figure_png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
-    return buffer.getvalue()
-
-
 def plot_pr(results: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = pyplot().subplots(figsize=(5.5, 4.5))
     for result in results:
         t = result["curve"]
         label = f"trained on {result['label_source']}"
@@ -205,18 +194,10 @@ def plot_pr(results: list[dict[str, Any]], path: Path) -> None:
     ax.legend(title="dot: chosen threshold", fontsize=8)
     ax.set_title("precision-recall on the test split")
     fig.tight_layout()
-    write_atomic(path, _figure_png(fig))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_examples(results: list[dict[str, Any]], path: Path, n: int = 3) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from training.label_quality import _display
-
     records = results[0]["records"]
     has_truth = all(r.truth is not None for r in records)
 
@@ -226,20 +207,15 @@ def plot_examples(results: list[dict[str, Any]], path: Path, n: int = 3) -> None
     order = sorted(range(len(records)), key=lambda i: -int(reference_of(records[i]).sum()))
     chosen = sorted(order[:n])
     columns = ["stacked image", *[f"trained on {r['label_source']}" for r in results], "heuristic labels"]
-    fig, axes = plt.subplots(len(chosen), len(columns), figsize=(3 * len(columns), 3 * len(chosen)), squeeze=False)
+    fig, axes = pyplot().subplots(len(chosen), len(columns), figsize=(3 * len(columns), 3 * len(chosen)), squeeze=False)
     for row, i in enumerate(chosen):
         record = records[i]
         reference = reference_of(record)
-        axes[row, 0].imshow(_display(record.stack))
+        axes[row, 0].imshow(display_stack(record.stack))
         axes[row, 0].set_ylabel(record.layer_id, fontsize=8)
         masks = [r["predicted"][i] for r in results] + [record.heuristic > 0]
-        gray = _display(record.stack).mean(axis=2)
         for col, mask in enumerate(masks, start=1):
-            overlay = np.stack([gray] * 3, axis=-1) * 0.6
-            overlay[mask & reference] = (0.1, 0.9, 0.1)
-            overlay[mask & ~reference] = (0.95, 0.1, 0.1)
-            overlay[~mask & reference] = (0.2, 0.4, 1.0)
-            axes[row, col].imshow(overlay)
+            axes[row, col].imshow(error_overlay(record.stack, mask, reference))
     for col, title in enumerate(columns):
         axes[0, col].set_title(title, fontsize=9)
     for ax in axes.ravel():
@@ -248,8 +224,7 @@ def plot_examples(results: list[dict[str, Any]], path: Path, n: int = 3) -> None
     against = "exact truth" if has_truth else "heuristic labels (no truth)"
     fig.suptitle(f"against {against} - green: found; red: false alarm; blue: missed", fontsize=9)
     fig.tight_layout()
-    write_atomic(path, _figure_png(fig))
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _row(name: str, threshold: str, s: dict[str, Any]) -> str:

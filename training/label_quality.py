@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from training.defects import CLASSES
+from training.figures import display_stack, error_overlay, pyplot, save_png
 from training.images import write_atomic
 from training.labels import VOTES
 from training.metrics import Counts, components_found, confusion
@@ -125,11 +126,7 @@ def findings(summary: dict) -> list[str]:
 
 
 def _plot_metrics(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rules = list(VOTES)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     names = ["precision", "recall", "iou", "f1"]
@@ -148,50 +145,23 @@ def _plot_metrics(summary: dict, path: Path) -> None:
     axes[1].set_ylim(0, 1)
     axes[1].set_title("defect instances found, per class")
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-
-
-def _save(fig, path: Path) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
-    write_atomic(path, buffer.getvalue())
-
-
-def _display(stack: np.ndarray) -> np.ndarray:
-    """Stacked image as RGB floats (channel k = light k), each channel stretched to its 1-99% range."""
-    out = np.empty(stack.shape, dtype=np.float32)
-    for k in range(3):
-        lo, hi = np.percentile(stack[:, :, k], [1, 99])
-        out[:, :, k] = np.clip((stack[:, :, k] - lo) / max(hi - lo, 1e-6), 0, 1)
-    return out
+    save_png(fig, path)
 
 
 def _plot_examples(examples: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
+    plt = pyplot()
     classes_cmap = ListedColormap(["black", *plt.get_cmap("tab10").colors[: len(CLASSES)]])
     columns = ["stacked image", "truth (colour = class)", *[f"vote: {r}" for r in VOTES]]
     fig, axes = plt.subplots(len(examples), len(columns), figsize=(3 * len(columns), 3 * len(examples)), squeeze=False)
     for row, (layer_id, stack, votes, truth) in enumerate(examples):
         reference = truth > 0
-        gray = _display(stack).mean(axis=2)
-        axes[row, 0].imshow(_display(stack))
+        axes[row, 0].imshow(display_stack(stack))
         axes[row, 0].set_ylabel(layer_id, fontsize=8)
         axes[row, 1].imshow(truth, cmap=classes_cmap, vmin=0, vmax=len(CLASSES), interpolation="nearest")
-        for col, (_rule, needed) in enumerate(VOTES.items(), start=2):
-            label = votes >= needed
-            overlay = np.stack([gray] * 3, axis=-1) * 0.6
-            overlay[label & reference] = (0.1, 0.9, 0.1)  # true positive: green
-            overlay[label & ~reference] = (0.95, 0.1, 0.1)  # false positive: red
-            overlay[~label & reference] = (0.2, 0.4, 1.0)  # missed: blue
-            axes[row, col].imshow(overlay)
+        for col, needed in enumerate(VOTES.values(), start=2):
+            axes[row, col].imshow(error_overlay(stack, votes >= needed, reference))
         for col, title in enumerate(columns):
             axes[0, col].set_title(title, fontsize=9)
     for ax in axes.ravel():
@@ -199,8 +169,7 @@ def _plot_examples(examples: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]
         ax.set_yticks([])
     fig.suptitle("green: label and truth agree; red: labelled but not a defect; blue: defect missed", fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def pick_examples(stats: list[tuple[str, dict]], n: int = 3) -> list[str]:

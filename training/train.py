@@ -30,6 +30,7 @@ from tqdm import tqdm
 from training.augment import training_transform
 from training.config import ModelConfig
 from training.dataset import LayerRecord, TrainingCrops, load_split
+from training.figures import pyplot, save_png
 from training.images import write_atomic
 from training.inference import predict_probabilities
 from training.losses import dice_bce_loss, pos_weight_from_density
@@ -164,13 +165,8 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [r["epoch"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 3.6))
     a.plot(epochs, [r["train_loss"] for r in rows], marker="o")
     a.set_xlabel("epoch")
     a.set_title("training loss (Dice + BCE)")
@@ -181,10 +177,7 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     b.set_title("validation (threshold 0.5)")
     b.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    save_png(fig, path)
 
 
 def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
