@@ -1,0 +1,85 @@
+import io
+
+import pytest
+import torch
+
+from training.config import ModelConfig
+from training.model import build_model
+from training.quantization import QuantizationConfig, freeze, load_int8, quantize_dynamic, quantize_static
+
+
+@pytest.fixture(scope="module")
+def float_model():
+    torch.manual_seed(0)
+    return build_model(ModelConfig()).eval()
+
+
+def calibration(n=3, size=64, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 3, size, size, generator=generator) for _ in range(n)]
+
+
+@pytest.mark.parametrize("observer", ["histogram", "minmax"])
+def test_static_int8_reloads_to_the_same_outputs(float_model, observer):
+    settings = QuantizationConfig(observer=observer)
+    int8 = quantize_static(float_model, calibration(), settings)
+    config = ModelConfig(quantization={"settings": settings.to_dict()})
+    buffer = io.BytesIO()
+    torch.save(int8.state_dict(), buffer)
+    buffer.seek(0)
+    reloaded = load_int8(config, torch.load(buffer, weights_only=True))
+    x = calibration(1, seed=9)[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(reloaded(x), int8(x), rtol=0, atol=0)
+        float_out, int8_out = float_model(x), int8(x)
+    assert (float_out - int8_out).abs().max() < 0.5 * float_out.abs().max()  # close to the float model, not equal
+
+
+def test_int8_state_dict_is_much_smaller(float_model):
+    int8 = quantize_static(float_model, calibration(), QuantizationConfig())
+    sizes = []
+    for model in (float_model, int8):
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        sizes.append(len(buffer.getvalue()))
+    assert sizes[0] / sizes[1] > 3.5
+
+
+def test_modules_can_be_kept_in_float(float_model):
+    int8 = quantize_static(float_model, calibration(), QuantizationConfig(float_modules=("segmentation_head",)))
+    kinds = {name: type(module).__module__ for name, module in int8.named_modules()}
+    assert kinds["segmentation_head.0"] == "torch.nn.modules.conv"  # kept in float
+    assert kinds["encoder.features.1.conv.0.0"].startswith("torch.ao.nn.quantized")
+    assert kinds["decoder.blocks.0.conv1.0"].startswith("torch.ao.nn.intrinsic.quantized")  # conv-bn-relu fused
+
+
+def test_dynamic_quantization_leaves_a_conv_net_unchanged(float_model):
+    x = calibration(1)[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(quantize_dynamic(float_model)(x), float_model(x))
+
+
+def test_frozen_int8_gives_the_same_outputs(float_model):
+    int8 = quantize_static(float_model, calibration(), QuantizationConfig())
+    x = calibration(1, seed=5)[0]
+    frozen = freeze(int8, x)
+    with torch.inference_mode():
+        torch.testing.assert_close(frozen(x), int8(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"method": "qat"}, "static' or 'dynamic"),
+        ({"engine": "arm"}, "choose from: x86"),
+        ({"observer": "mse"}, "unknown observer"),
+    ],
+)
+def test_config_rejects_bad_values(change, message):
+    with pytest.raises(ValueError, match=message):
+        QuantizationConfig(**change)
+
+
+def test_float_config_cannot_build_an_int8_graph():
+    with pytest.raises(ValueError, match="no quantization settings"):
+        load_int8(ModelConfig(), {})
