@@ -26,13 +26,14 @@ java:
 	fi
 
 # The pipeline on a small synthetic set: synth -> prepare (with the label-quality report) -> train (quick profile,
-# on heuristic labels as real users would) -> evaluate against exact truth. Writes runs/demo/.
+# on heuristic labels as real users would) -> evaluate against exact truth -> quantize to int8. Writes runs/demo/.
 DEMO := data/demo
 demo: setup
 	$(PY) -m training synth --out $(DEMO)/synth --layers 48 --seed 0
 	$(PY) -m training prepare --raw $(DEMO)/synth/raw --truth $(DEMO)/synth/truth --out $(DEMO)/processed --report-dir $(DEMO)/report
 	$(PY) -m training train --data $(DEMO)/processed --out runs/demo --labels heuristic --profile quick
 	$(PY) -m training evaluate --checkpoint runs/demo/checkpoint.pt --report runs/demo/results.md
+	$(PY) -m training quantize --checkpoint runs/demo/checkpoint.pt --calibration 16
 	@echo "demo done: label quality in $(DEMO)/report/label_quality.md; model, curves and results in runs/demo/"
 
 test: setup lint

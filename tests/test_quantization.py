@@ -83,3 +83,29 @@ def test_config_rejects_bad_values(change, message):
 def test_float_config_cannot_build_an_int8_graph():
     with pytest.raises(ValueError, match="no quantization settings"):
         load_int8(ModelConfig(), {})
+
+
+def test_quantize_command_writes_both_variants_and_agreement(tiny_run, tmp_path, repo_root):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "quantize", "--checkpoint", str(run / "checkpoint.pt"), "--calibration", "4"],
+        cwd=repo_root, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "mask IoU" in result.stdout.strip().splitlines()[-1]
+    report = json.loads((run / "quantization.json").read_text())
+    assert report["sizes_bytes"]["fp32"] / report["sizes_bytes"]["int8"] > 3.5
+    assert 0.0 <= report["static_int8"]["mask_iou"] <= 1.0 and "f1_int8" in report["static_int8"]
+    assert report["dynamic_int8"]["max_probability_difference"] == 0.0  # no Linear layers to quantize
+    payload = torch.load(run / "model_int8.pt", weights_only=True)
+    config = ModelConfig.from_dict(payload["model_config"])
+    assert (
+        config.quantization["settings"]["observer"] == "histogram" and config.quantization["calibration"]["images"] == 4
+    )
+    load_int8(config, payload["state_dict"])

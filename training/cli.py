@@ -270,7 +270,54 @@ def run_evaluate(args: argparse.Namespace, argv: list[str]) -> str:
     return "\n".join([*lines, f"wrote {report} with its figures; thresholds written into the checkpoints"])
 
 
-COMMANDS = (add_synth, add_prepare, add_train, add_evaluate)
+def add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="float32 and static int8 state dicts of a checkpoint, with int8-vs-float agreement",
+        description="Quantize a trained checkpoint to int8 (static post-training, FX graph mode, per-channel weights, "
+        "fused conv-bn-relu, calibrated on training layers) and measure it against the float model on --split.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt written by train (and evaluate)")
+    p.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
+    p.add_argument("--calibration", type=int, default=32, help="training layers to calibrate on (default: 32)")
+    p.add_argument(
+        "--observer",
+        default="histogram",
+        choices=("minmax", "histogram"),
+        help="activation observer (default: histogram)",
+    )
+    p.add_argument(
+        "--engine", default="x86", choices=("x86", "onednn", "fbgemm"), help="quantized kernels (default: x86)"
+    )
+    p.add_argument(
+        "--float-modules", default="", help="comma-separated module names to keep in float32, e.g. segmentation_head"
+    )
+    p.add_argument("--data", type=Path, help="prepared folder (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", help="split for the agreement figures (default: test)")
+    p.set_defaults(run=run_quantize)
+
+
+def run_quantize(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.quantization import QuantizationConfig
+    from training.quantize import quantize_checkpoint
+
+    floats = tuple(n.strip() for n in args.float_modules.split(",") if n.strip())
+    settings = QuantizationConfig(
+        engine=args.engine, observer=args.observer, calibration_images=args.calibration, float_modules=floats
+    )
+    report = quantize_checkpoint(args.checkpoint, args.out, settings, args.data, args.split, _command_line(argv))
+    static, sizes = report["static_int8"], report["sizes_bytes"]
+    f1 = (
+        f", F1 vs truth {static['f1_float']:.3f} (fp32) / {static['f1_int8']:.3f} (int8)" if "f1_int8" in static else ""
+    )
+    return (
+        f"int8 vs fp32 on {report['layers']} {args.split} layers: mask IoU {static['mask_iou']:.3f}, decision agreement "
+        f"{static['decision_agreement']:.3f}{f1}; wrote {report['files']['fp32']} ({sizes['fp32'] / 1e6:.1f} MB), "
+        f"{report['files']['int8']} ({sizes['int8'] / 1e6:.1f} MB) and quantization.json"
+    )
+
+
+COMMANDS = (add_synth, add_prepare, add_train, add_evaluate, add_quantize)
 
 
 def build_parser() -> argparse.ArgumentParser:

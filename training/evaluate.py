@@ -12,14 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from training.config import ModelConfig
 from training.dataset import LayerRecord, load_split
 from training.defects import CLASSES
 from training.figures import display_stack, error_overlay, pyplot, save_png
 from training.images import write_atomic
-from training.inference import predict_probabilities
+from training.inference import predict_layers
 from training.metrics import Counts, components_found, confusion
 from training.model import load_checkpoint, save_checkpoint
 
@@ -119,10 +117,6 @@ def detection_scores(predicted: list[np.ndarray], records: list[LayerRecord]) ->
     }
 
 
-def _probabilities(model: torch.nn.Module, config: ModelConfig, records: list[LayerRecord]) -> list[np.ndarray]:
-    return [predict_probabilities(model, r.stack, config) for r in records]
-
-
 def evaluate_checkpoint(
     path: Path,
     data_dir: Path | None = None,
@@ -141,7 +135,7 @@ def evaluate_checkpoint(
         raise ValueError("this model learned from user masks: choose its threshold with --reference truth")
     tune = load_split(data_dir, threshold_split, source)
     curve = Curve.empty()
-    for record, probs in zip(tune, _probabilities(model, config, tune), strict=True):
+    for record, probs in zip(tune, predict_layers(model, [r.stack for r in tune], config), strict=True):
         curve.add(probs, record.label > 0)
     threshold, at = curve.choose(rule)
     chosen = (
@@ -153,7 +147,7 @@ def evaluate_checkpoint(
     log.info("%s: threshold %.3f (%s), written into the checkpoint", path, threshold, chosen)
 
     test = load_split(data_dir, split, "heuristic")
-    probabilities = _probabilities(model, config, test)
+    probabilities = predict_layers(model, [r.stack for r in test], config)
     test_curve = Curve.empty()
     for record, probs in zip(test, probabilities, strict=True):
         if record.truth is not None:

@@ -1,0 +1,128 @@
+"""The `quantize` command: float32 and int8 state dicts from a trained checkpoint, with the int8 model's accuracy
+measured against the float model and against exact truth.
+
+Writes into the output folder: `model_fp32.pt`, `model_int8.pt` (static int8), each {model_config, state_dict}
+readable with `torch.load(..., weights_only=True)`, and `quantization.json` (settings, sizes, agreement).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.config import ModelConfig
+from training.dataset import LayerRecord, load_split
+from training.images import write_atomic
+from training.inference import model_input, predict_layers
+from training.metrics import Counts, confusion
+from training.model import load_checkpoint, save_checkpoint
+from training.quantization import QuantizationConfig, load_int8, quantize_dynamic, quantize_static
+
+log = logging.getLogger(__name__)
+
+
+def calibration_inputs(
+    records: list[LayerRecord], config: ModelConfig, count: int, seed: int = 0
+) -> list[torch.Tensor]:
+    """`count` training layers (a seeded choice), as model inputs."""
+    if not records:
+        raise ValueError("no training layers to calibrate on")
+    order = np.random.default_rng(seed).permutation(len(records))[:count]
+    return [model_input(records[i].stack, config)[0] for i in order]
+
+
+def agreement(
+    reference: list[np.ndarray], candidate: list[np.ndarray], records: list[LayerRecord], threshold: float
+) -> dict[str, Any]:
+    """How far int8 decisions follow float32: mask IoU between the two, per-layer defect / no-defect agreement,
+    and each one's pixel F1 against exact truth (when there is truth)."""
+    between, float_truth, int8_truth = Counts(), Counts(), Counts()
+    same_decision = 0
+    has_truth = all(r.truth is not None for r in records)
+    for a, b, record in zip(reference, candidate, records, strict=True):
+        fa, fb = a >= threshold, b >= threshold
+        between = between + confusion(fb, fa)
+        same_decision += bool(fa.any()) == bool(fb.any())
+        if has_truth:
+            float_truth = float_truth + confusion(fa, record.truth > 0)
+            int8_truth = int8_truth + confusion(fb, record.truth > 0)
+    result = {
+        "mask_iou": between.iou(),
+        "decision_agreement": same_decision / len(records),
+        "max_probability_difference": float(
+            max(np.abs(a - b).max() for a, b in zip(reference, candidate, strict=True))
+        ),
+    }
+    if has_truth:
+        result.update(
+            {"f1_float": float_truth.f1(), "f1_int8": int8_truth.f1(), "f1_drop": float_truth.f1() - int8_truth.f1()}
+        )
+    return result
+
+
+def _size(state_dict: dict[str, torch.Tensor]) -> int:
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    return len(buffer.getvalue())
+
+
+def quantize_checkpoint(
+    checkpoint: Path,
+    out_dir: Path | None = None,
+    settings: QuantizationConfig = QuantizationConfig(),
+    data_dir: Path | None = None,
+    split: str = "test",
+    command: str = "",
+) -> dict[str, Any]:
+    """Make the float32 and int8 artifacts of a checkpoint and measure the int8 model's agreement."""
+    config, model, _ = load_checkpoint(checkpoint)
+    out_dir = Path(out_dir or Path(checkpoint).parent)
+    data_dir = Path(data_dir or config.training.get("data", ""))
+    train_records = load_split(data_dir, "train", "heuristic")
+    started = time.perf_counter()
+    calibration = calibration_inputs(train_records, config, settings.calibration_images)
+    int8 = quantize_static(model, calibration, settings)
+    seconds = time.perf_counter() - started
+
+    int8_config = config.replace(
+        quantization={"settings": settings.to_dict(), "calibration": {"split": "train", "images": len(calibration)}}
+    )
+    save_checkpoint(out_dir / "model_fp32.pt", config, model.state_dict())
+    save_checkpoint(out_dir / "model_int8.pt", int8_config, int8.state_dict())
+    reloaded = load_int8(int8_config, torch.load(out_dir / "model_int8.pt", weights_only=True)["state_dict"])
+    probe = calibration[0]
+    with torch.no_grad():
+        if not torch.equal(reloaded(probe), int8(probe)):
+            raise RuntimeError("the reloaded int8 model differs from the converted one: refusing to keep it")
+
+    records = load_split(data_dir, split, "heuristic")
+    float_probs = predict_layers(model, [r.stack for r in records], config)
+    report = {
+        "command": command,
+        "checkpoint": str(checkpoint),
+        "settings": settings.to_dict(),
+        "calibration_seconds": round(seconds, 1),
+        "split": split,
+        "layers": len(records),
+        "threshold": config.threshold,
+        "sizes_bytes": {"fp32": _size(model.state_dict()), "int8": _size(int8.state_dict())},
+        "static_int8": agreement(
+            float_probs, predict_layers(int8, [r.stack for r in records], config), records, config.threshold
+        ),
+        "dynamic_int8": agreement(
+            float_probs,
+            predict_layers(quantize_dynamic(model), [r.stack for r in records], config),
+            records,
+            config.threshold,
+        ),
+        "files": {"fp32": str(out_dir / "model_fp32.pt"), "int8": str(out_dir / "model_int8.pt")},
+    }
+    write_atomic(out_dir / "quantization.json", (json.dumps(report, indent=2) + "\n").encode())
+    return report
