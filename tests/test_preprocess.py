@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -46,3 +48,31 @@ def test_model_config_round_trip_and_checks():
         ModelConfig(threshold=1.0)
     with pytest.raises(ValueError, match="unknown ModelConfig field"):
         ModelConfig.from_dict({"colour": 1})
+
+
+def test_tiles_cover_the_image_with_the_overlap():
+    from training.inference import tile_starts
+
+    assert tile_starts(512, 512, 64) == [0]
+    assert tile_starts(2048, 512, 64) == [0, 448, 896, 1344, 1536]
+    starts = tile_starts(1000, 512, 64)
+    assert starts[0] == 0 and starts[-1] + 512 == 1000
+    assert all(b - a <= 512 - 64 for a, b in itertools.pairwise(starts))
+
+
+def test_tiled_prediction_blends_to_the_whole_image_result_for_a_pointwise_model():
+    """A 1x1-conv model has no spatial context, so tiling must not change a single probability."""
+    import torch
+
+    from training.inference import predict_probabilities, predict_tiled
+
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 1, kernel_size=1).eval()
+    config = ModelConfig(tile_size=64, mean=(0.4, 0.5, 0.6), std=(0.2, 0.2, 0.2))
+    stack = np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)
+    tiled = predict_tiled(model, stack, config, overlap=16)
+    whole = predict_probabilities(model, stack, ModelConfig(tile_size=256, mean=config.mean, std=config.std))
+    assert tiled.shape == (150, 200)
+    np.testing.assert_allclose(tiled, whole[:150, :200], atol=1e-5)
+    narrow = stack[:40]  # shorter than a tile in one direction
+    np.testing.assert_allclose(predict_tiled(model, narrow, config, overlap=16), whole[:40], atol=1e-5)

@@ -317,7 +317,63 @@ def run_quantize(args: argparse.Namespace, argv: list[str]) -> str:
     )
 
 
-COMMANDS = (add_synth, add_prepare, add_train, add_evaluate, add_quantize)
+def _ints(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise ValueError(f"expected comma-separated whole numbers such as 1,2, got {text!r}") from err
+    if not values or min(values) < 1:
+        raise ValueError(f"expected positive whole numbers, got {text!r}")
+    return values
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="latency of float, int8 and ONNX Runtime variants side by side; writes docs/benchmarks.md",
+        description="Time every inference variant in one run on the same inputs (warm-up, then median and p90), "
+        "model file sizes and one full layer through tiled inference.",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, required=True, help="checkpoint.pt (model_int8.pt next to it is used when present)"
+    )
+    p.add_argument("--sizes", default="256,512", help="input sizes in pixels (default: 256,512)")
+    p.add_argument("--batch", default="1,8", help="batch sizes (default: 1,8)")
+    p.add_argument("--threads", default="1,2", help="torch / ONNX Runtime threads (default: 1,2)")
+    p.add_argument("--repeat", type=int, default=20, help="timed runs per row after warm-up (default: 20)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=8.0,
+        help="stop a row's repeats after this long, keeping at least 3 (default: 8)",
+    )
+    p.add_argument(
+        "--layer-size",
+        type=int,
+        default=2048,
+        help="side of the full layer run through tiled inference (default: 2048)",
+    )
+    p.add_argument(
+        "--report", type=Path, default=Path("docs/benchmarks.md"), help="Markdown report (default: docs/benchmarks.md)"
+    )
+    p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.bench import bench, save_json, write_report
+
+    result = bench(
+        args.checkpoint, _ints(args.sizes), _ints(args.batch), _ints(args.threads), args.repeat, args.max_seconds,
+        args.layer_size, command=_command_line(argv),
+    )  # fmt: skip
+    write_report(result, args.report)
+    if args.json:
+        save_json(result, args.json)
+    return f"wrote {args.report} and {args.report.with_suffix('.png')}" + (f" and {args.json}" if args.json else "")
+
+
+COMMANDS = (add_synth, add_prepare, add_train, add_evaluate, add_quantize, add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,3 +29,50 @@ def predict_probabilities(
 def predict_layers(model: nn.Module, stacks: list[np.ndarray], config: ModelConfig) -> list[np.ndarray]:
     """Probabilities for each stack, in order."""
     return [predict_probabilities(model, stack, config) for stack in stacks]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size `tile` covering 0..length with at least `overlap` pixels shared."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return [*starts, length - tile]
+
+
+def blend_weights(tile: int, overlap: int) -> np.ndarray:
+    """(tile, tile) weights that ramp linearly over `overlap` pixels at the borders, so overlapping tiles blend."""
+    ramp = np.minimum(1.0, (np.arange(tile) + 0.5) / max(overlap, 1))
+    ramp = np.minimum(ramp, ramp[::-1]).astype(np.float32)
+    return np.outer(ramp, ramp)
+
+
+@torch.inference_mode()
+def predict_tiled(
+    model: nn.Module, stack: np.ndarray, config: ModelConfig, overlap: int = 64, batch_size: int = 4
+) -> np.ndarray:
+    """Probabilities for a layer of any size: tiles of config.tile_size, overlapping by `overlap` pixels, blended.
+    Layers no larger than one tile go through the model whole."""
+    h, w = stack.shape[:2]
+    tile = config.tile_size
+    if h <= tile and w <= tile:
+        return predict_probabilities(model, stack, config)
+    if not 0 <= overlap < tile:
+        raise ValueError(f"tile overlap must be within 0..{tile - 1}, got {overlap}")
+    chw = normalize(to_unit(stack), config)  # (3, H, W)
+    ph, pw = max(0, tile - h), max(0, tile - w)  # a side shorter than a tile is padded up to one
+    if ph or pw:
+        chw = np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+    height, width = chw.shape[1:]
+    weights = blend_weights(tile, overlap)
+    total = np.zeros((height, width), np.float32)
+    norm = np.zeros((height, width), np.float32)
+    corners = [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+    for i in range(0, len(corners), batch_size):
+        group = corners[i : i + batch_size]
+        batch = torch.from_numpy(np.stack([chw[:, y : y + tile, x : x + tile] for y, x in group]))
+        probs = torch.sigmoid(model(batch).float())[:, 0].numpy()  # (n, tile, tile)
+        for (y, x), p in zip(group, probs, strict=True):
+            total[y : y + tile, x : x + tile] += p * weights
+            norm[y : y + tile, x : x + tile] += weights
+    return (total / norm)[:h, :w]

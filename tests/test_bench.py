@@ -1,0 +1,39 @@
+import json
+import shutil
+import subprocess
+import sys
+
+from training.bench import conv_macs, measure
+from training.config import ModelConfig
+from training.model import build_model
+
+
+def test_conv_macs_of_the_unet_at_512():
+    macs = conv_macs(build_model(ModelConfig()), 512)
+    assert 10e9 < macs < 17e9  # about 13.4 GMAC per 512 x 512 frame
+
+
+def test_measure_reports_median_and_p90():
+    calls = []
+    timing = measure(lambda: calls.append(1), repeat=5, max_seconds=10)
+    assert timing["runs"] == 5 and len(calls) == 7  # two warm-up runs
+    assert 0 <= timing["median_ms"] <= timing["p90_ms"]
+
+
+def test_bench_command_writes_the_report(tiny_run, tmp_path, repo_root):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    report = tmp_path / "bench.md"
+    command = [
+        sys.executable, "-m", "training", "bench", "--checkpoint", str(run / "checkpoint.pt"), "--sizes", "64",
+        "--batch", "1", "--threads", "1", "--repeat", "3", "--layer-size", "96", "--report", str(report),
+        "--json", str(tmp_path / "bench.json"),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    raw = json.loads((tmp_path / "bench.json").read_text())
+    variants = {r["variant"] for r in raw["rows"]}
+    assert {"fp32 eager", "static int8 FX frozen", "ONNX Runtime int8 (QDQ)", "dynamic int8 (prototype)"} <= variants
+    text = report.read_text()
+    assert "python -m training bench" in text and "| static int8 FX frozen |" in text
+    assert (tmp_path / "bench.png").stat().st_size > 1000
