@@ -42,6 +42,8 @@ def test_resume_continues_where_it_stopped(run_dir, tiny_prepared):
     train(tiny_prepared, run_dir, dataclasses.replace(TINY, epochs=3), labels="truth", device_name="cpu", resume=True)
     rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    args = json.loads((run_dir / "args.json").read_text())
+    assert args["command"] == "CMD" and len(args["resumed"]) == 1  # the starting command is kept
 
 
 def test_two_process_distributed_training_with_torchrun(tiny_prepared, tmp_path, repo_root):

@@ -297,7 +297,14 @@ def train(
         args = {"command": command, "data": str(data_dir), "labels": labels, "masks": str(masks_dir) if masks_dir else None,
                 "device": str(device), "world_size": world, "seed": seed, "pos_weight": weight, "pretrained": pretrained,
                 "resume": resume, "profile": dataclasses.asdict(profile), "model_config": config.to_dict()}  # fmt: skip
-        write_atomic(out_dir / "args.json", (json.dumps(args, indent=2) + "\n").encode())
+        previous = out_dir / "args.json"
+        if resume and previous.exists():  # keep the command that started the run; note each resumption
+            first = json.loads(previous.read_text())
+            args = {
+                **first,
+                "resumed": [*first.get("resumed", []), {k: args[k] for k in ("command", "profile", "device")}],
+            }
+        write_atomic(previous, (json.dumps(args, indent=2) + "\n").encode())
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tb"))
