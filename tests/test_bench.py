@@ -26,7 +26,7 @@ def test_bench_command_writes_the_report(tiny_run, tmp_path, repo_root):
     report = tmp_path / "bench.md"
     command = [
         sys.executable, "-m", "training", "bench", "--checkpoint", str(run / "checkpoint.pt"), "--sizes", "64",
-        "--batch", "1", "--threads", "1", "--repeat", "3", "--layer-size", "96", "--report", str(report),
+        "--batch", "1", "--threads", "1", "--repeat", "3", "--layer-size", "600", "--report", str(report),
         "--json", str(tmp_path / "bench.json"),
     ]  # fmt: skip
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=600)

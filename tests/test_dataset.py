@@ -49,6 +49,18 @@ def test_training_crops_are_normalised_tensors_with_masks(tiny_prepared):
     assert item["mask"].shape == (1, 32, 32) and set(item["mask"].unique().tolist()) <= {0.0, 1.0}
 
 
+def test_crops_are_normalised_with_the_config_statistics(tiny_prepared):
+    import albumentations as A
+
+    from training.preprocess import normalize, to_unit
+
+    records = load_split(tiny_prepared, "train", "truth")
+    config = ModelConfig(mean=(0.3, 0.4, 0.5), std=(0.1, 0.2, 0.3))
+    whole = TrainingCrops(records, config, A.Compose([A.RandomCrop(64, 64)]))  # a crop the size of the layer
+    np.testing.assert_allclose(whole[0]["image"].numpy(), normalize(to_unit(records[0].stack), config), atol=1e-6)
+    np.testing.assert_array_equal(whole[0]["mask"][0].numpy(), records[0].label)
+
+
 def test_light_symmetry_permutes_channels_with_the_mirror():
     stack = np.zeros((4, 4, 3), np.float32)
     stack[0, :, 1] = 1.0  # top row bright in channel 1 only

@@ -20,6 +20,9 @@ def test_curve_counts_and_threshold_rules():
     assert 0.3 < threshold <= 0.4 and at["recall"] == 1.0  # keeping 0.4 gives F1 0.857
     threshold, at = curve.choose(Rule("min-recall", 0.6))
     assert at["precision"] == 1.0 and 0.6 < threshold <= 0.85
+    exact = Curve.empty()  # a probability exactly at a threshold counts as positive there, as `p >= t` does
+    exact.add(np.array([0.5, 0.3], np.float32), np.array([True, False]))
+    assert exact.table()["recall"][500] == 1.0 and exact.table()["recall"][501] == 0.0
     with pytest.raises(ValueError, match="no threshold reaches"):
         Curve.empty().choose(Rule("min-recall", 0.5)) if False else curve_without_positives().choose(
             Rule("min-recall", 0.5)

@@ -25,7 +25,9 @@ def test_checkpoint_round_trip_rebuilds_the_model_from_its_config(tmp_path):
 
 def test_pretrained_weights_only_from_the_local_cache(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # read when called
     model = build_model(ModelConfig())
     with caplog.at_level(logging.WARNING):
         assert cached_encoder_weights("mobilenet_v2") is None

@@ -60,6 +60,16 @@ def test_tiles_cover_the_image_with_the_overlap():
     assert all(b - a <= 512 - 64 for a, b in itertools.pairwise(starts))
 
 
+def test_blend_ramps_of_neighbouring_tiles_sum_to_one_in_their_overlap():
+    from training.inference import blend_weights
+
+    weights = blend_weights(8, 4)
+    ramp = np.sqrt(np.diag(weights))  # weights are the outer product of one ramp with itself
+    np.testing.assert_allclose(ramp, [0.125, 0.375, 0.625, 0.875, 0.875, 0.625, 0.375, 0.125])
+    np.testing.assert_allclose(weights, np.outer(ramp, ramp), atol=1e-7)
+    np.testing.assert_allclose(ramp[4:] + ramp[:4], 1.0)  # tile at 0 and tile at stride 4 share pixels 4..7
+
+
 def test_tiled_prediction_blends_to_the_whole_image_result_for_a_pointwise_model():
     """A 1x1-conv model has no spatial context, so tiling must not change a single probability."""
     import torch

@@ -44,6 +44,17 @@ def test_resume_continues_where_it_stopped(run_dir, tiny_prepared):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     args = json.loads((run_dir / "args.json").read_text())
     assert args["command"] == "CMD" and len(args["resumed"]) == 1  # the starting command is kept
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 3 * 3  # 6 layers, batch 2: 3 steps an epoch, counted on
+    assert state["optimizer"]["state"]  # Adam moments carried over
+
+
+def test_resume_refuses_a_run_whose_time_budget_is_spent(run_dir, tiny_prepared):
+    import dataclasses
+
+    spent = dataclasses.replace(TINY, epochs=9, max_minutes=1e-4)
+    with pytest.raises(ValueError, match="already used its"):
+        train(tiny_prepared, run_dir, spent, labels="truth", device_name="cpu", resume=True)
 
 
 def test_two_process_distributed_training_with_torchrun(tiny_prepared, tmp_path, repo_root):
@@ -51,7 +62,7 @@ def test_two_process_distributed_training_with_torchrun(tiny_prepared, tmp_path,
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "training", "train", "--data", str(tiny_prepared), "--out", str(out), "--labels", "truth",
-        "--device", "cpu", "--epochs", "1", "--batch-size", "2", "--crop", "32", "--repeats", "1",
+        "--device", "cpu", "--epochs", "1", "--batch-size", "2", "--crop", "32", "--repeats", "1", "--max-minutes", "10",
     ]  # fmt: skip
     result = subprocess.run(
         command, cwd=repo_root, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}

@@ -29,7 +29,7 @@ from training.dataset import load_split
 from training.figures import pyplot, save_png
 from training.images import write_atomic
 from training.inference import predict_tiled
-from training.model import load_checkpoint
+from training.model import load_checkpoint, state_digest
 from training.quantization import QuantizationConfig, freeze, load_int8, quantize_dynamic, quantize_static
 from training.quantize import calibration_inputs
 
@@ -128,15 +128,22 @@ def _ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def _int8_model(
-    checkpoint: Path, config: ModelConfig, model: torch.nn.Module, calibration: list[torch.Tensor]
-) -> torch.nn.Module:
+def _int8_model(checkpoint: Path, model: torch.nn.Module, records: list, config: ModelConfig, count: int):
+    """The int8 model `quantize` made from this very checkpoint (model_int8.pt beside it), or a fresh one; and the
+    calibration inputs used, so that ONNX Runtime is calibrated on the same layers."""
     saved = Path(checkpoint).parent / "model_int8.pt"
     if saved.exists():
         payload = torch.load(saved, weights_only=True)
-        return load_int8(ModelConfig.from_dict(payload["model_config"]), payload["state_dict"])
-    log.info("no %s: quantizing with default settings on %d calibration layers", saved, len(calibration))
-    return quantize_static(model, calibration, QuantizationConfig())
+        int8_config = ModelConfig.from_dict(payload["model_config"])
+        if int8_config.quantization.get("source_digest") == state_digest(model.state_dict()):
+            images = int8_config.quantization["calibration"]["images"]
+            calibration = calibration_inputs(records, config, images)
+            log.info("using %s (calibrated on %d layers; ONNX Runtime gets the same layers)", saved, images)
+            return load_int8(int8_config, payload["state_dict"]), calibration
+        log.warning("%s was made from other weights than %s: quantizing afresh", saved, checkpoint)
+    calibration = calibration_inputs(records, config, count)
+    log.info("quantizing with default settings on %d calibration layers", len(calibration))
+    return quantize_static(model, calibration, QuantizationConfig(calibration_images=count)), calibration
 
 
 def bench(
@@ -152,8 +159,7 @@ def bench(
 ) -> dict[str, Any]:
     config, model, _ = load_checkpoint(checkpoint)
     records = load_split(Path(config.training.get("data", "")), "train", "heuristic")
-    calib = calibration_inputs(records, config, calibration)
-    int8 = _int8_model(checkpoint, config, model, calib)
+    int8, calib = _int8_model(checkpoint, model, records, config, calibration)
     dynamic = quantize_dynamic(model)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     onnx_fp32, onnx_int8 = _onnx_models(model, calib, work)

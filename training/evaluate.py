@@ -24,6 +24,7 @@ from training.model import load_checkpoint, save_checkpoint
 log = logging.getLogger(__name__)
 
 BINS = 1000  # thresholds are searched on a grid of 1/BINS
+GRID = (np.arange(BINS + 1) / BINS).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,9 @@ class Curve:
         return cls(np.zeros(BINS + 1, np.int64), np.zeros(BINS + 1, np.int64))
 
     def add(self, probabilities: np.ndarray, reference: np.ndarray) -> None:
-        index = np.clip((probabilities * BINS).astype(np.int64), 0, BINS)  # bin i holds [i/BINS, (i+1)/BINS)
+        # bin i holds the pixels that `probability >= threshold` counts positive at threshold i/BINS but not at
+        # (i+1)/BINS, with thresholds compared in float32 exactly as the decision is made
+        index = np.searchsorted(GRID, probabilities.astype(np.float32), side="right") - 1
         self.positives += np.bincount(index[reference], minlength=BINS + 1)
         self.negatives += np.bincount(index[~reference], minlength=BINS + 1)
 

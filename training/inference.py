@@ -49,14 +49,19 @@ def blend_weights(tile: int, overlap: int) -> np.ndarray:
 
 @torch.inference_mode()
 def predict_tiled(
-    model: nn.Module, stack: np.ndarray, config: ModelConfig, overlap: int = 64, batch_size: int = 4
+    model: nn.Module,
+    stack: np.ndarray,
+    config: ModelConfig,
+    overlap: int = 64,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Probabilities for a layer of any size: tiles of config.tile_size, overlapping by `overlap` pixels, blended.
     Layers no larger than one tile go through the model whole."""
     h, w = stack.shape[:2]
     tile = config.tile_size
     if h <= tile and w <= tile:
-        return predict_probabilities(model, stack, config)
+        return predict_probabilities(model, stack, config, device)
     if not 0 <= overlap < tile:
         raise ValueError(f"tile overlap must be within 0..{tile - 1}, got {overlap}")
     chw = normalize(to_unit(stack), config)  # (3, H, W)
@@ -71,7 +76,7 @@ def predict_tiled(
     for i in range(0, len(corners), batch_size):
         group = corners[i : i + batch_size]
         batch = torch.from_numpy(np.stack([chw[:, y : y + tile, x : x + tile] for y, x in group]))
-        probs = torch.sigmoid(model(batch).float())[:, 0].numpy()  # (n, tile, tile)
+        probs = torch.sigmoid(model(batch.to(device)).float())[:, 0].cpu().numpy()  # (n, tile, tile)
         for (y, x), p in zip(group, probs, strict=True):
             total[y : y + tile, x : x + tile] += p * weights
             norm[y : y + tile, x : x + tile] += weights

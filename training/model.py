@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from pathlib import Path
@@ -65,6 +66,15 @@ def load_pretrained_encoder(model: nn.Module, encoder: str) -> bool:
     model.encoder.load_state_dict(state)
     log.info("encoder initialised from ImageNet weights in %s", path)
     return True
+
+
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A short hash of the weights: tells which float model an int8 artifact was made from."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        digest.update(key.encode())
+        digest.update(state_dict[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def save_checkpoint(path: Path, config: ModelConfig, state_dict: dict[str, torch.Tensor], **extra: Any) -> None:

@@ -22,7 +22,7 @@ from training.dataset import LayerRecord, load_split
 from training.images import write_atomic
 from training.inference import model_input, predict_layers
 from training.metrics import Counts, confusion
-from training.model import load_checkpoint, save_checkpoint
+from training.model import load_checkpoint, save_checkpoint, state_digest
 from training.quantization import QuantizationConfig, load_int8, quantize_dynamic, quantize_static
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,11 @@ def quantize_checkpoint(
     seconds = time.perf_counter() - started
 
     int8_config = config.replace(
-        quantization={"settings": settings.to_dict(), "calibration": {"split": "train", "images": len(calibration)}}
+        quantization={
+            "settings": settings.to_dict(),
+            "calibration": {"split": "train", "images": len(calibration)},
+            "source_digest": state_digest(model.state_dict()),
+        }
     )
     save_checkpoint(out_dir / "model_fp32.pt", config, model.state_dict())
     save_checkpoint(out_dir / "model_int8.pt", int8_config, int8.state_dict())

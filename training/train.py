@@ -164,6 +164,23 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def _elapsed(started: float, world: int) -> float:
+    """Seconds since `started` on rank 0, shared by every process so that all of them stop on the same step and
+    use the same learning rate."""
+    elapsed = time.perf_counter() - started
+    if world > 1:
+        shared = torch.tensor([elapsed], dtype=torch.float64)
+        dist.broadcast(shared, src=0)
+        elapsed = float(shared.item())
+    return elapsed
+
+
+def _reseed_worker(_worker_id: int) -> None:
+    """DataLoader workers get copies of the transform with the same random state: give each its own stream."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(int(torch.initial_seed() % 2**32))
+
+
 def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     epochs = [r["epoch"] for r in rows]
     fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 3.6))
@@ -269,6 +286,8 @@ def train(
         batch_size=profile.batch_size,
         sampler=sampler,
         num_workers=loader_workers,
+        worker_init_fn=_reseed_worker if loader_workers > 0 else None,
+        generator=generator,
         drop_last=len(crops) >= profile.batch_size,
     )
     steps_per_epoch = max(1, len(loader))
@@ -286,6 +305,7 @@ def train(
         state = torch.load(last, map_location=device, weights_only=True)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
         start_epoch, best_f1, stale, step = state["epoch"] + 1, state["best_f1"], state["stale"], state["step"]
         rows, used_seconds = state["rows"], state["seconds"]
         config = ModelConfig.from_dict(state["model_config"])
@@ -317,7 +337,14 @@ def train(
     budget = profile.max_minutes * 60 if profile.max_minutes else None
     net.train()
     epoch = start_epoch
+    if budget and resume and used_seconds >= 0.9 * budget:
+        raise ValueError(
+            f"{out_dir} already used its {profile.max_minutes}-minute budget; resume with a larger --max-minutes"
+        )
     for epoch in range(start_epoch, profile.epochs):
+        # Crops and their order depend on (seed, rank, epoch) only, so a resumed run continues the same sequence.
+        transform.set_random_seed(seed + rank + 1000 * epoch)
+        generator.manual_seed(seed + 1000 * epoch)
         if world > 1:
             sampler.set_epoch(epoch)  # type: ignore[union-attr]
         losses = []
@@ -325,8 +352,9 @@ def train(
         for batch in bar:
             # The schedule runs over the epochs or, when there is a time budget, over whichever ends first.
             progress = step / total_steps
+            elapsed = _elapsed(started, world) if budget else 0.0
             if budget:
-                progress = max(progress, (time.perf_counter() - started) / (0.9 * budget))
+                progress = max(progress, elapsed / (0.9 * budget))
             for group in optimizer.param_groups:
                 group["lr"] = profile.lr * lr_factor(progress, profile.warmup_fraction)
             images, masks = batch["image"].to(device), batch["mask"].to(device)
@@ -340,8 +368,8 @@ def train(
             step += 1
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            if budget and time.perf_counter() - started > budget * 0.9:
-                break  # leave room for validation inside the budget
+            if budget and elapsed > budget * 0.9:
+                break  # leave room for validation inside the budget (the same step on every process)
         stop = False
         if main:
             result = validate(model, val_records, config, device).row()
@@ -360,7 +388,7 @@ def train(
                 stale += 1
             _write_metrics(rows, out_dir / "metrics.csv")
             save_checkpoint(out_dir / "last.pt", config, model.state_dict(), optimizer=optimizer.state_dict(),
-                            step=step, epoch=epoch, best_f1=best_f1, stale=stale, rows=rows,
+                            scaler=scaler.state_dict(), step=step, epoch=epoch, best_f1=best_f1, stale=stale, rows=rows,
                             seconds=time.perf_counter() - started)  # fmt: skip
             log.info(
                 "epoch %d: loss %.4f, val P %.3f R %.3f F1 %.3f IoU %.3f defect recall %.3f%s",
