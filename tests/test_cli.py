@@ -11,7 +11,7 @@ def run(*args, cwd=None):
     )
 
 
-@pytest.mark.parametrize("command", ["synth", "prepare"])
+@pytest.mark.parametrize("command", ["synth", "prepare", "train", "evaluate", "quantize", "bench"])
 def test_every_command_has_help(command, repo_root):
     result = run(command, "--help", cwd=repo_root)
     assert result.returncode == 0
@@ -42,15 +42,20 @@ def test_synth_then_prepare_from_the_command_line(tmp_path, repo_root):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["synth", "--lights", "0,120"], "expected exactly three light azimuths"),
-        (["synth", "--classes", "cracks"], "choose from: recoater_streak"),
-        (["synth", "--layers", "0"], "at least 1"),
-        (["prepare", "--raw", "/nonexistent/raw"], "does not exist"),
-        (["prepare", "--split", "1,1"], "three fractions"),
+        (["synth", "--lights", "0,120", "--out", "{tmp}"], "expected exactly three light azimuths"),
+        (["synth", "--classes", "cracks", "--out", "{tmp}"], "choose from: recoater_streak"),
+        (["synth", "--layers", "0", "--out", "{tmp}"], "at least 1"),
+        (["prepare", "--raw", "/nonexistent/raw", "--out", "{tmp}"], "does not exist"),
+        (["prepare", "--split", "1,1", "--out", "{tmp}"], "three fractions"),
+        (["train", "--data", "/nonexistent", "--out", "{tmp}"], "run `python -m training prepare"),
+        (["train", "--crop", "100", "--out", "{tmp}"], "multiple of 32"),
+        (["evaluate", "--checkpoint", "/nonexistent.pt"], "not found"),
+        (["evaluate", "--checkpoint", "x.pt", "--rule", "best"], "max-f1' or 'min-recall R"),
+        (["bench", "--checkpoint", "x.pt", "--sizes", "a"], "comma-separated whole numbers"),
     ],
 )
 def test_bad_arguments_give_a_clear_error(args, message, tmp_path, repo_root):
-    result = run(*args, "--out", tmp_path / "out", cwd=repo_root)
+    result = run(*[a.replace("{tmp}", str(tmp_path / "out")) for a in args], cwd=repo_root)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
