@@ -94,7 +94,8 @@ def test_quantize_command_writes_both_variants_and_agreement(tiny_run, tmp_path,
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     result = subprocess.run(
-        [sys.executable, "-m", "training", "quantize", "--checkpoint", str(run / "checkpoint.pt"), "--calibration", "4"],
+        [sys.executable, "-m", "training", "quantize", "--checkpoint", str(run / "checkpoint.pt"), "--calibration", "4",
+         "--report", str(tmp_path / "q.md")],
         cwd=repo_root, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -109,3 +110,5 @@ def test_quantize_command_writes_both_variants_and_agreement(tiny_run, tmp_path,
         config.quantization["settings"]["observer"] == "histogram" and config.quantization["calibration"]["images"] == 4
     )
     load_int8(config, payload["state_dict"])
+    text = (tmp_path / "q.md").read_text()
+    assert "| static int8 (FX, calibrated) |" in text and "python -m training quantize" in text

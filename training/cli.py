@@ -294,18 +294,21 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", type=Path, help="prepared folder (default: the one the model was trained on)")
     p.add_argument("--split", default="test", help="split for the agreement figures (default: test)")
+    p.add_argument("--report", type=Path, help="also write the agreement table as Markdown (e.g. docs/quantization.md)")
     p.set_defaults(run=run_quantize)
 
 
 def run_quantize(args: argparse.Namespace, argv: list[str]) -> str:
     from training.quantization import QuantizationConfig
-    from training.quantize import quantize_checkpoint
+    from training.quantize import quantize_checkpoint, write_report
 
     floats = tuple(n.strip() for n in args.float_modules.split(",") if n.strip())
     settings = QuantizationConfig(
         engine=args.engine, observer=args.observer, calibration_images=args.calibration, float_modules=floats
     )
     report = quantize_checkpoint(args.checkpoint, args.out, settings, args.data, args.split, _command_line(argv))
+    if args.report:
+        write_report(report, args.report)
     static, sizes = report["static_int8"], report["sizes_bytes"]
     f1 = (
         f", F1 vs truth {static['f1_float']:.3f} (fp32) / {static['f1_int8']:.3f} (int8)" if "f1_int8" in static else ""
@@ -314,6 +317,7 @@ def run_quantize(args: argparse.Namespace, argv: list[str]) -> str:
         f"int8 vs fp32 on {report['layers']} {args.split} layers: mask IoU {static['mask_iou']:.3f}, decision agreement "
         f"{static['decision_agreement']:.3f}{f1}; wrote {report['files']['fp32']} ({sizes['fp32'] / 1e6:.1f} MB), "
         f"{report['files']['int8']} ({sizes['int8'] / 1e6:.1f} MB) and quantization.json"
+        + (f"; report {args.report}" if args.report else "")
     )
 
 
