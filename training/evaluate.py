@@ -292,7 +292,8 @@ def write_report(results: list[dict[str, Any]], baseline: dict[str, Any], report
             f"Test split: {test_layers} synthetic layers, never seen in training or threshold selection. Each model's "
             "threshold was chosen on the validation split against the labels it was trained on (what a user without "
             "truth can do), then written into its checkpoint. Pixel scores are micro-averaged; a true defect counts as "
-            "found when a predicted component overlaps it.",
+            "found when a predicted component overlaps it, so a detector with many false alarms scores well on defect "
+            "recall: read it next to precision.",
             "",
             "## Pixel and defect-level scores",
             "",
