@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: setup java demo test lint format label-report results results-data results-train clean
+.PHONY: setup java demo test lint format label-report results results-data results-train results-docs clean
 
 setup: $(STAMP) java
 
@@ -72,4 +72,10 @@ results-train: results-data
 	@tail -n 1 runs/results-truth.log runs/results-heuristic.log
 
 results: results-train
+	$(MAKE) results-docs
+
+# The documents from existing runs: results (both models vs truth), int8 agreement, CPU benchmarks.
+results-docs: setup
 	$(PY) -m training evaluate --checkpoint runs/results-heuristic/checkpoint.pt --checkpoint runs/results-truth/checkpoint.pt --report docs/results.md
+	$(PY) -m training quantize --checkpoint runs/results-truth/checkpoint.pt --report docs/quantization.md
+	$(PY) -m training bench --checkpoint runs/results-truth/checkpoint.pt --json runs/results-truth/bench.json
