@@ -361,12 +361,18 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         "--report", type=Path, default=Path("docs/benchmarks.md"), help="Markdown report (default: docs/benchmarks.md)"
     )
     p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    p.add_argument(
+        "--from-json", type=Path, help="measure nothing: write the report from the raw figures of an earlier run"
+    )
     p.set_defaults(run=run_bench)
 
 
 def run_bench(args: argparse.Namespace, argv: list[str]) -> str:
     from training.bench import bench, save_json, write_report
 
+    if args.from_json:
+        write_report(json.loads(args.from_json.read_text()), args.report)
+        return f"wrote {args.report} and {args.report.with_suffix('.png')} from {args.from_json}"
     result = bench(
         args.checkpoint, _ints(args.sizes), _ints(args.batch), _ints(args.threads), args.repeat, args.max_seconds,
         args.layer_size, command=_command_line(argv),
