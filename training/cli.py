@@ -287,7 +287,10 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
         help="activation observer (default: histogram)",
     )
     p.add_argument(
-        "--engine", default="x86", choices=("x86", "onednn", "fbgemm"), help="quantized kernels (default: x86)"
+        "--engine",
+        default="auto",
+        choices=("auto", "x86", "onednn", "fbgemm"),
+        help="quantized kernels; auto: time each on this machine and keep the fastest (default)",
     )
     p.add_argument(
         "--float-modules", default="", help="comma-separated module names to keep in float32, e.g. segmentation_head"
@@ -303,10 +306,13 @@ def run_quantize(args: argparse.Namespace, argv: list[str]) -> str:
     from training.quantize import quantize_checkpoint, write_report
 
     floats = tuple(n.strip() for n in args.float_modules.split(",") if n.strip())
+    engine = "x86" if args.engine == "auto" else args.engine
     settings = QuantizationConfig(
-        engine=args.engine, observer=args.observer, calibration_images=args.calibration, float_modules=floats
+        engine=engine, observer=args.observer, calibration_images=args.calibration, float_modules=floats
     )
-    report = quantize_checkpoint(args.checkpoint, args.out, settings, args.data, args.split, _command_line(argv))
+    report = quantize_checkpoint(
+        args.checkpoint, args.out, settings, args.data, args.split, _command_line(argv), args.engine == "auto"
+    )
     if args.report:
         write_report(report, args.report)
     static, sizes = report["static_int8"], report["sizes_bytes"]

@@ -7,6 +7,7 @@ readable with `torch.load(..., weights_only=True)`, and `quantization.json` (set
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -23,7 +24,14 @@ from training.images import write_atomic
 from training.inference import model_input, predict_layers
 from training.metrics import Counts, confusion
 from training.model import load_checkpoint, save_checkpoint, state_digest
-from training.quantization import QuantizationConfig, load_int8, quantize_dynamic, quantize_static
+from training.quantization import (
+    QuantizationConfig,
+    available_engines,
+    freeze,
+    load_int8,
+    quantize_dynamic,
+    quantize_static,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +81,39 @@ def _size(state_dict: dict[str, torch.Tensor]) -> int:
     return len(buffer.getvalue())
 
 
+def _median_ms(model: torch.nn.Module, x: torch.Tensor, runs: int = 7) -> float:
+    with torch.inference_mode():
+        model(x)
+        times = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - started) * 1e3)
+    return float(np.median(times))
+
+
+def measure_engines(
+    model: torch.nn.Module, calibration: list[torch.Tensor], settings: QuantizationConfig
+) -> dict[str, dict[str, float]]:
+    """Latency of one tile through static int8 with each available engine, eager and traced-and-frozen.
+    (Speed does not depend on calibration quality, so two calibration images are enough here.)"""
+    example = calibration[0]
+    timings = {}
+    for engine in available_engines():
+        int8 = quantize_static(model, calibration[:2], dataclasses.replace(settings, engine=engine))
+        timings[engine] = {
+            "eager_ms": _median_ms(int8, example),
+            "frozen_ms": _median_ms(freeze(int8, example), example),
+        }
+        log.info(
+            "engine %s: %.1f ms eager, %.1f ms frozen",
+            engine,
+            timings[engine]["eager_ms"],
+            timings[engine]["frozen_ms"],
+        )
+    return timings
+
+
 def quantize_checkpoint(
     checkpoint: Path,
     out_dir: Path | None = None,
@@ -80,14 +121,20 @@ def quantize_checkpoint(
     data_dir: Path | None = None,
     split: str = "test",
     command: str = "",
+    choose_engine: bool = False,
 ) -> dict[str, Any]:
-    """Make the float32 and int8 artifacts of a checkpoint and measure the int8 model's agreement."""
+    """Make the float32 and int8 artifacts of a checkpoint and measure the int8 model's agreement. With
+    `choose_engine`, the quantized engine and whether to freeze are picked by timing each on this machine."""
     config, model, _ = load_checkpoint(checkpoint)
     out_dir = Path(out_dir or Path(checkpoint).parent)
     data_dir = Path(data_dir or config.training.get("data", ""))
     train_records = load_split(data_dir, "train", "heuristic")
     started = time.perf_counter()
     calibration = calibration_inputs(train_records, config, settings.calibration_images)
+    engines = measure_engines(model, calibration, settings) if choose_engine else {}
+    if engines:
+        fastest = min(engines, key=lambda e: min(engines[e].values()))
+        settings = dataclasses.replace(settings, engine=fastest)
     int8 = quantize_static(model, calibration, settings)
     seconds = time.perf_counter() - started
 
@@ -96,6 +143,9 @@ def quantize_checkpoint(
             "settings": settings.to_dict(),
             "calibration": {"split": "train", "images": len(calibration)},
             "source_digest": state_digest(model.state_dict()),
+            "engine_timings_ms": engines,
+            # serve traced and frozen when that measured faster (or when nothing was measured: it usually is)
+            "frozen": not engines or engines[settings.engine]["frozen_ms"] <= engines[settings.engine]["eager_ms"],
         }
     )
     save_checkpoint(out_dir / "model_fp32.pt", config, model.state_dict())
@@ -117,6 +167,7 @@ def quantize_checkpoint(
         "layers": len(records),
         "threshold": config.threshold,
         "sizes_bytes": {"fp32": _size(model.state_dict()), "int8": _size(int8.state_dict())},
+        "engine_timings_ms": engines,
         "static_int8": agreement(
             float_probs, predict_layers(int8, [r.stack for r in records], config), records, config.threshold
         ),
@@ -147,6 +198,14 @@ def write_report(report: dict[str, Any], path: Path) -> None:
         )
     sizes = report["sizes_bytes"]
     settings = report["settings"]
+    timings = report.get("engine_timings_ms") or {}
+    engine_note = (
+        "the fastest measured here: "
+        + ", ".join(f"{e} {t['eager_ms']:.1f} ms eager / {t['frozen_ms']:.1f} ms frozen" for e, t in timings.items())
+        + " per tile"
+        if timings
+        else "chosen by hand"
+    )
     text = "\n".join(
         [
             "# Quantization: int8 against float32",
@@ -158,7 +217,8 @@ def write_report(report: dict[str, Any], path: Path) -> None:
             "```",
             "",
             f"Checkpoint `{report['checkpoint']}`; {report['layers']} layers of the {report['split']} split at the "
-            f"model's threshold {report['threshold']:.3f}. Static int8: engine `{settings['engine']}`, observer "
+            f"model's threshold {report['threshold']:.3f}. Static int8: engine `{settings['engine']}` "
+            f"({engine_note}), observer "
             f"`{settings['observer']}`, {settings['calibration_images']} calibration layers, kept in float: "
             f"{', '.join(settings['float_modules']) or 'nothing'}. Targets: mask IoU with float32 >= 0.97, F1 drop <= 0.01.",
             "",
