@@ -109,6 +109,10 @@ def test_quantize_command_writes_both_variants_and_agreement(tiny_run, tmp_path,
     assert (
         config.quantization["settings"]["observer"] == "histogram" and config.quantization["calibration"]["images"] == 4
     )
+    timings = config.quantization["engine_timings_ms"]  # --engine auto: every available engine was timed
+    assert "x86" in timings and config.quantization["settings"]["engine"] in timings
+    assert isinstance(config.quantization["frozen"], bool)
     load_int8(config, payload["state_dict"])
     text = (tmp_path / "q.md").read_text()
+    assert "the fastest measured here" in text
     assert "| static int8 (FX, calibrated) |" in text and "python -m training quantize" in text
