@@ -95,7 +95,7 @@ def test_quantize_command_writes_both_variants_and_agreement(tiny_run, tmp_path,
     shutil.copytree(tiny_run, run)
     result = subprocess.run(
         [sys.executable, "-m", "training", "quantize", "--checkpoint", str(run / "checkpoint.pt"), "--calibration", "4",
-         "--report", str(tmp_path / "q.md")],
+         "--report", str(tmp_path / "q.md"), "--sweep", "2,4"],
         cwd=repo_root, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -115,4 +115,11 @@ def test_quantize_command_writes_both_variants_and_agreement(tiny_run, tmp_path,
     load_int8(config, payload["state_dict"])
     text = (tmp_path / "q.md").read_text()
     assert "the fastest measured here" in text
+    assert [(r["observer"], r["images"]) for r in report["calibration_sweep"]] == [
+        ("histogram", 2),
+        ("histogram", 4),
+        ("minmax", 2),
+        ("minmax", 4),
+    ]
+    assert "## Calibration sweep (validation split)" in text
     assert "| static int8 (FX, calibrated) |" in text and "python -m training quantize" in text

@@ -298,6 +298,9 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="prepared folder (default: the one the model was trained on)")
     p.add_argument("--split", default="test", help="split for the agreement figures (default: test)")
     p.add_argument("--report", type=Path, help="also write the agreement table as Markdown (e.g. docs/quantization.md)")
+    p.add_argument(
+        "--sweep", help="first measure both observers with these calibration counts on the val split, e.g. 4,8,16,32,64"
+    )
     p.set_defaults(run=run_quantize)
 
 
@@ -311,8 +314,9 @@ def run_quantize(args: argparse.Namespace, argv: list[str]) -> str:
         engine=engine, observer=args.observer, calibration_images=args.calibration, float_modules=floats
     )
     report = quantize_checkpoint(
-        args.checkpoint, args.out, settings, args.data, args.split, _command_line(argv), args.engine == "auto"
-    )
+        args.checkpoint, args.out, settings, args.data, args.split, _command_line(argv), args.engine == "auto",
+        _ints(args.sweep) if args.sweep else None,
+    )  # fmt: skip
     if args.report:
         write_report(report, args.report)
     static, sizes = report["static_int8"], report["sizes_bytes"]

@@ -114,6 +114,31 @@ def measure_engines(
     return timings
 
 
+def calibration_sweep(
+    model: torch.nn.Module,
+    config: ModelConfig,
+    train_records: list[LayerRecord],
+    val_records: list[LayerRecord],
+    counts: list[int],
+    settings: QuantizationConfig,
+) -> list[dict[str, Any]]:
+    """Agreement of static int8 with float32 on the validation split for each observer and calibration count:
+    the measurement behind the --calibration and --observer defaults."""
+    float_probs = predict_layers(model, [r.stack for r in val_records], config)
+    rows = []
+    for observer in ("histogram", "minmax"):
+        for count in counts:
+            trial = dataclasses.replace(settings, observer=observer, calibration_images=count)
+            started = time.perf_counter()
+            int8 = quantize_static(model, calibration_inputs(train_records, config, count), trial)
+            seconds = time.perf_counter() - started
+            int8_probs = predict_layers(int8, [r.stack for r in val_records], config)
+            row = {"observer": observer, "images": count, "calibration_seconds": round(seconds, 1)}
+            rows.append({**row, **agreement(float_probs, int8_probs, val_records, config.threshold)})
+            log.info("sweep: %s, %d images: mask IoU %.4f", observer, count, rows[-1]["mask_iou"])
+    return rows
+
+
 def quantize_checkpoint(
     checkpoint: Path,
     out_dir: Path | None = None,
@@ -122,6 +147,7 @@ def quantize_checkpoint(
     split: str = "test",
     command: str = "",
     choose_engine: bool = False,
+    sweep: list[int] | None = None,
 ) -> dict[str, Any]:
     """Make the float32 and int8 artifacts of a checkpoint and measure the int8 model's agreement. With
     `choose_engine`, the quantized engine and whether to freeze are picked by timing each on this machine."""
@@ -130,6 +156,10 @@ def quantize_checkpoint(
     data_dir = Path(data_dir or config.training.get("data", ""))
     train_records = load_split(data_dir, "train", "heuristic")
     started = time.perf_counter()
+    sweep_rows = []
+    if sweep:
+        val_records = load_split(data_dir, "val", "heuristic")
+        sweep_rows = calibration_sweep(model, config, train_records, val_records, sweep, settings)
     calibration = calibration_inputs(train_records, config, settings.calibration_images)
     engines = measure_engines(model, calibration, settings) if choose_engine else {}
     if engines:
@@ -168,6 +198,7 @@ def quantize_checkpoint(
         "threshold": config.threshold,
         "sizes_bytes": {"fp32": _size(model.state_dict()), "int8": _size(int8.state_dict())},
         "engine_timings_ms": engines,
+        "calibration_sweep": sweep_rows,
         "static_int8": agreement(
             float_probs, predict_layers(int8, [r.stack for r in records], config), records, config.threshold
         ),
@@ -181,6 +212,26 @@ def quantize_checkpoint(
     }
     write_atomic(out_dir / "quantization.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
+
+
+def _sweep_lines(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    best = max(rows, key=lambda r: (round(r["mask_iou"], 4), -r["images"]))
+    return [
+        "## Calibration sweep (validation split)",
+        "",
+        "| observer | calibration layers | seconds | mask IoU with fp32 | decision agreement | F1 drop vs truth |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {r['observer']} | {r['images']} | {r['calibration_seconds']} | {r['mask_iou']:.4f} | "
+            f"{r['decision_agreement']:.3f} | {r.get('f1_drop', float('nan')):.4f} |"
+            for r in rows
+        ],
+        "",
+        f"Highest agreement: `{best['observer']}` with {best['images']} layers (fewest layers among equals).",
+        "",
+    ]
 
 
 def write_report(report: dict[str, Any], path: Path) -> None:
@@ -229,6 +280,7 @@ def write_report(report: dict[str, Any], path: Path) -> None:
             f"State dicts: fp32 {sizes['fp32'] / 1e6:.2f} MB, int8 {sizes['int8'] / 1e6:.2f} MB "
             f"({sizes['fp32'] / sizes['int8']:.2f}x smaller).",
             "",
+            *_sweep_lines(report.get("calibration_sweep") or []),
         ]
     )
     write_atomic(path, text.encode())
