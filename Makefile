@@ -77,5 +77,5 @@ results: results-train
 # The documents from existing runs: results (both models vs truth), int8 agreement, CPU benchmarks.
 results-docs: setup
 	$(PY) -m training evaluate --checkpoint runs/results-heuristic/checkpoint.pt --checkpoint runs/results-truth/checkpoint.pt --report docs/results.md
-	$(PY) -m training quantize --checkpoint runs/results-truth/checkpoint.pt --report docs/quantization.md
+	$(PY) -m training quantize --checkpoint runs/results-truth/checkpoint.pt --report docs/quantization.md --sweep 4,8,16,32,64
 	$(PY) -m training bench --checkpoint runs/results-truth/checkpoint.pt --json runs/results-truth/bench.json
