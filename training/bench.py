@@ -9,7 +9,6 @@ inference. Ratios are what to quote: absolute times depend on the machine and on
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 import platform
@@ -27,7 +26,7 @@ import torch
 from training.config import ModelConfig
 from training.dataset import load_split
 from training.figures import pyplot, save_png
-from training.images import write_atomic
+from training.images import write_atomic, write_json
 from training.inference import predict_tiled
 from training.model import load_checkpoint, state_digest
 from training.quantization import QuantizationConfig, freeze, load_int8, quantize_dynamic, quantize_static
@@ -320,4 +319,4 @@ def write_report(result: dict[str, Any], report: Path) -> None:
 
 
 def save_json(result: dict[str, Any], path: Path) -> None:
-    write_atomic(path, (json.dumps(result, indent=2) + "\n").encode())
+    write_json(path, result)

@@ -1,14 +1,19 @@
-"""Image files: decoding to grayscale with clear errors, lossless stacks, atomic writes.
+"""Files: images decoded to grayscale with clear errors, lossless stacks, and atomic writes (bytes, JSON, CSV).
 
 Part of the input contract shared by preparation, training and serving: it depends on NumPy and OpenCV only.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -101,5 +106,15 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
-def write_png(path: str | Path, pixels: np.ndarray) -> None:
-    write_atomic(path, encode_png(pixels))
+def write_json(path: str | Path, data: Any, sort_keys: bool = False) -> None:
+    """Indented JSON with a final newline, written atomically."""
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=sort_keys) + "\n").encode())
+
+
+def write_csv(path: str | Path, columns: Sequence[str], rows: list[dict]) -> None:
+    """A CSV table with a header row, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue().encode())

@@ -6,7 +6,6 @@ into the prepared folder. Every figure in the document comes from the run that w
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import numpy as np
 
 from training.defects import CLASSES
 from training.figures import display_stack, error_overlay, pyplot, save_png
-from training.images import write_atomic
+from training.images import write_atomic, write_json
 from training.labels import VOTES
 from training.metrics import Counts, components_found, confusion
 
@@ -250,6 +249,6 @@ def write_report(
     md = report_dir / "label_quality.md"
     write_atomic(md, text.encode())
     numbers = data_dir / "label_quality.json"
-    write_atomic(numbers, (json.dumps(summary, indent=2) + "\n").encode())
+    write_json(numbers, summary)
     log.info("label quality report: %s", md)
     return {"markdown": str(md), "figure": str(metrics_png), "examples": str(examples_png), "json": str(numbers)}

@@ -7,10 +7,8 @@ Output layout (`OUT/`): `images/<id>.png` (3-channel, lossless, channel k = ligh
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 from collections import Counter
@@ -20,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from training import label_quality
-from training.images import ImageError, encode_png, read_png_array, write_atomic
+from training.images import ImageError, encode_png, read_png_array, write_atomic, write_csv, write_json
 from training.labels import LabelConfig, check_vote, light_votes, vote
 from training.triplets import REASONS, Dropped, QualityLimits, Triplet, group_files, load_triplet
 from training.workers import progress_map
@@ -164,14 +162,6 @@ def _recorded_azimuths(raw: Path) -> tuple[float, float, float]:
     return (0.0, 120.0, 240.0)
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, buffer.getvalue().encode())
-
-
 def prepare(
     raw: Path,
     out: Path,
@@ -236,7 +226,7 @@ def prepare(
         "config": dataclasses.asdict(config),
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_csv(out / "manifest.csv", MANIFEST_COLUMNS, rows)
+    write_csv(out / "manifest.csv", MANIFEST_COLUMNS, rows)
     listed = {r["image"] for r in rows}
     stale = sorted(p.name for p in (out / "images").glob("*.png") if f"images/{p.name}" not in listed)
     if stale:
@@ -249,7 +239,7 @@ def prepare(
     dropped_rows = [
         {"name": d.name, "reason": d.reason, "detail": d.detail, "files": " ".join(d.files)} for d in dropped
     ]
-    _write_csv(out / "dropped.csv", ("name", "reason", "detail", "files"), dropped_rows)
+    write_csv(out / "dropped.csv", ("name", "reason", "detail", "files"), dropped_rows)
     if stats and report_dir is not None:
         summary = label_quality.summarize(stats, chosen=config.vote)
         summary["label_config"] = dataclasses.asdict(config.labels)
@@ -264,7 +254,7 @@ def prepare(
         report["label_quality"] = label_quality.write_report(
             summary, examples, out, Path(report_dir), command, data_command
         )
-    write_atomic(out / "prepare_report.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_json(out / "prepare_report.json", report)
     for reason, count in report["dropped_by_reason"].items():
         log.info("dropped %d: %s (%s)", count, reason, report["reasons"][reason])
     shown = 20

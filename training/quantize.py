@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 
 from training.config import ModelConfig
 from training.dataset import LayerRecord, load_split
-from training.images import write_atomic
+from training.images import write_atomic, write_json
 from training.inference import model_input, predict_layers
 from training.metrics import Counts, confusion
 from training.model import load_checkpoint, save_checkpoint, state_digest
@@ -210,7 +209,7 @@ def quantize_checkpoint(
         ),
         "files": {"fp32": str(out_dir / "model_fp32.pt"), "int8": str(out_dir / "model_int8.pt")},
     }
-    write_atomic(out_dir / "quantization.json", (json.dumps(report, indent=2) + "\n").encode())
+    write_json(out_dir / "quantization.json", report)
     return report
 
 

@@ -8,7 +8,6 @@ number of workers. Files are written in the raw layout that real machines give, 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 from training import camera, defects, lighting
 from training.camera import CameraConfig
 from training.defects import CLASS_IDS, CLASSES, DEFAULT_SPECS, DefectSpec, LayerContext
-from training.images import encode_png, write_atomic
+from training.images import encode_png, write_atomic, write_json
 from training.surface import (
     SurfaceConfig,
     hatch_angle,
@@ -226,8 +225,7 @@ def write_layer(layer: Layer, out: Path) -> None:
     for k, image in enumerate(layer.images):
         write_atomic(out / "raw" / f"{layer.layer_id}_a{k}.png", encode_png(image))
     write_atomic(out / "truth" / f"{layer.layer_id}.png", encode_png(layer.truth))
-    text = json.dumps(layer.meta, indent=2, sort_keys=True) + "\n"
-    write_atomic(out / "meta" / f"{layer.layer_id}.json", text.encode())
+    write_json(out / "meta" / f"{layer.layer_id}.json", layer.meta, sort_keys=True)
 
 
 def _work(job: tuple[SynthConfig, int, int, str]) -> dict:
@@ -272,5 +270,5 @@ def synthesize(
         "layers_per_second": round(layers / max(seconds, 1e-9), 3),
         "config": config.to_json(),
     }
-    write_atomic(out / "synth_config.json", (json.dumps(record, indent=2) + "\n").encode())
+    write_json(out / "synth_config.json", record)
     return record

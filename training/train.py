@@ -7,9 +7,7 @@ Run folder: `checkpoint.pt` (best: ModelConfig + weights), `last.pt` (full state
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import logging
 import math
@@ -31,7 +29,7 @@ from training.augment import training_transform
 from training.config import ModelConfig
 from training.dataset import LayerRecord, TrainingCrops, load_split
 from training.figures import pyplot, save_png
-from training.images import write_atomic
+from training.images import write_csv, write_json
 from training.inference import predict_probabilities
 from training.losses import dice_bce_loss, pos_weight_from_density
 from training.metrics import Counts, components_found, confusion
@@ -197,15 +195,6 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path) -> None:
     save_png(fig, path)
 
 
-def _write_metrics(rows: list[dict[str, Any]], path: Path) -> None:
-    columns = list(rows[0])
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, buffer.getvalue().encode())
-
-
 def dataset_azimuths(data_dir: Path) -> tuple[float, float, float]:
     report = Path(data_dir) / "prepare_report.json"
     if report.exists():
@@ -324,7 +313,7 @@ def train(
                 **first,
                 "resumed": [*first.get("resumed", []), {k: args[k] for k in ("command", "profile", "device")}],
             }
-        write_atomic(previous, (json.dumps(args, indent=2) + "\n").encode())
+        write_json(previous, args)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "tb"))
@@ -386,7 +375,7 @@ def train(
                 save_checkpoint(out_dir / "checkpoint.pt", best_config, model.state_dict(), epoch=epoch + 1)
             else:
                 stale += 1
-            _write_metrics(rows, out_dir / "metrics.csv")
+            write_csv(out_dir / "metrics.csv", list(rows[0]), rows)
             save_checkpoint(out_dir / "last.pt", config, model.state_dict(), optimizer=optimizer.state_dict(),
                             scaler=scaler.state_dict(), step=step, epoch=epoch, best_f1=best_f1, stale=stale, rows=rows,
                             seconds=time.perf_counter() - started)  # fmt: skip
