@@ -75,6 +75,9 @@ def cpu_description() -> dict[str, Any]:
         if info["avx512_vnni"] and mhz:
             # VPDPBUSD: 64 int8 multiply-accumulates per 512-bit instruction, two FMA ports per core.
             info["vnni_peak_gmacs"] = round(2 * 64 * mhz / 1e3 * (os.cpu_count() or 1), 1)
+        if "avx512f" in flags and mhz:
+            # VFMADD on 512-bit registers: 16 fp32 multiply-accumulates per instruction, two FMA ports per core.
+            info["fp32_peak_gmacs"] = round(2 * 16 * mhz / 1e3 * (os.cpu_count() or 1), 1)
     return info
 
 
@@ -230,6 +233,27 @@ def _lookup(rows: list[dict], variant: str, size: int, batch: int, threads: int)
     )
 
 
+def _ceiling(result: dict[str, Any], eager: dict, ort8: dict) -> list[str]:
+    """How fast int8 could be against each reference if it ran at the CPU's int8 peak: the limit of the ratios."""
+    peak = result["cpu"].get("vnni_peak_gmacs")
+    if not peak:
+        return []
+    gmac = result["gmac_512"]
+    at_peak_ms = gmac / peak * 1e3
+    fp32_peak = result["cpu"].get("fp32_peak_gmacs")
+    eager_eff = (
+        f" (fp32 eager runs at {gmac / (eager['median_ms'] / 1e3) / fp32_peak:.0%} of the fp32 FMA peak of {fp32_peak:.0f} GMAC/s)"
+        if fp32_peak
+        else ""
+    )
+    return [
+        f"- ceiling: at the int8 peak one frame would take {at_peak_ms:.1f} ms, so on this CPU no int8 kernel can be more "
+        f"than **{eager['median_ms'] / at_peak_ms:.1f}x** faster than fp32 eager{eager_eff} or more than "
+        f"**{ort8['median_ms'] / at_peak_ms:.1f}x** faster than ONNX Runtime int8 (which runs at "
+        f"{gmac / (ort8['median_ms'] / 1e3) / peak:.0%} of the int8 peak)"
+    ]
+
+
 def write_report(result: dict[str, Any], report: Path) -> None:
     rows = result["rows"]
     shapes = sorted({(r["size"], r["batch"], r["threads"]) for r in rows})
@@ -265,6 +289,7 @@ def write_report(result: dict[str, Any], report: Path) -> None:
                 if result["cpu"].get("vnni_peak_gmacs")
                 else ""
             ),
+            *_ceiling(result, eager, ort8),
         ]
     sizes = result["sizes_bytes"]
     size_lines = [f"| {k} | {v / 1e6:.2f} MB |" for k, v in sizes.items()]

@@ -349,7 +349,9 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         "model file sizes and one full layer through tiled inference.",
     )
     p.add_argument(
-        "--checkpoint", type=Path, required=True, help="checkpoint.pt (model_int8.pt next to it is used when present)"
+        "--checkpoint",
+        type=Path,
+        help="checkpoint.pt (model_int8.pt next to it is used when present); required unless --from-json",
     )
     p.add_argument("--sizes", default="256,512", help="input sizes in pixels (default: 256,512)")
     p.add_argument("--batch", default="1,8", help="batch sizes (default: 1,8)")
@@ -383,6 +385,8 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> str:
     if args.from_json:
         write_report(json.loads(args.from_json.read_text()), args.report)
         return f"wrote {args.report} and {args.report.with_suffix('.png')} from {args.from_json}"
+    if args.checkpoint is None:
+        raise ValueError("bench needs --checkpoint (or --from-json to rewrite a report from an earlier run)")
     result = bench(
         args.checkpoint, _ints(args.sizes), _ints(args.batch), _ints(args.threads), args.repeat, args.max_seconds,
         args.layer_size, command=_command_line(argv),
@@ -393,7 +397,69 @@ def run_bench(args: argparse.Namespace, argv: list[str]) -> str:
     return f"wrote {args.report} and {args.report.with_suffix('.png')}" + (f" and {args.json}" if args.json else "")
 
 
-COMMANDS = (add_synth, add_prepare, add_train, add_evaluate, add_quantize, add_bench)
+def add_archive(sub: argparse._SubParsersAction) -> None:
+    from training.serving import ServingConfig
+
+    defaults = ServingConfig()
+    p = sub.add_parser(
+        "archive",
+        help="TorchServe archives defect_fp32.mar and defect_int8.mar from a quantized checkpoint",
+        description="Pack the handler, the shared input/output modules, the weights, the ModelConfig and a "
+        "model-config.yaml per variant into .mar archives with torch-model-archiver. Needs model_fp32.pt and "
+        "model_int8.pt beside the checkpoint (written by quantize).",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt (evaluated and quantized)")
+    p.add_argument("--out", type=Path, default=Path("model_store"), help="model store folder (default: model_store)")
+    p.add_argument("--version", default="1.0", help="model version reported in every answer (default: 1.0)")
+    p.add_argument(
+        "--prefix", default="defect", help="model names are <prefix>_fp32 and <prefix>_int8 (default: defect)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.max_workers,
+        help=f"workers per variant (default: {defaults.max_workers})",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.torch_threads,
+        help=f"torch threads per worker (default: {defaults.torch_threads})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"TorchServe batchSize (default: {defaults.batch_size})",
+    )
+    p.add_argument(
+        "--max-batch-delay",
+        type=int,
+        default=defaults.max_batch_delay_ms,
+        help=f"ms to wait for a batch to fill (default: {defaults.max_batch_delay_ms})",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=defaults.max_image_pixels,
+        help=f"largest image accepted, in pixels (default: {defaults.max_image_pixels})",
+    )
+    p.set_defaults(run=run_archive)
+
+
+def run_archive(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.archive import build_archives
+    from training.serving import ServingConfig
+
+    serving = ServingConfig(
+        min_workers=args.workers, max_workers=args.workers, batch_size=args.batch_size,
+        max_batch_delay_ms=args.max_batch_delay, torch_threads=args.threads, max_image_pixels=args.max_image_pixels,
+    )  # fmt: skip
+    built = build_archives(args.checkpoint, args.out, serving, args.version, args.prefix)
+    return "wrote " + ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in built.values())
+
+
+COMMANDS = (add_synth, add_prepare, add_train, add_evaluate, add_quantize, add_bench, add_archive)
 
 
 def build_parser() -> argparse.ArgumentParser:
