@@ -15,6 +15,7 @@ import numpy as np
 
 from training.dataset import LayerRecord, load_split
 from training.defects import CLASSES
+from training.detections import defect_mask
 from training.figures import display_stack, error_overlay, pyplot, save_png
 from training.images import write_atomic
 from training.inference import predict_layers
@@ -155,7 +156,7 @@ def evaluate_checkpoint(
     for record, probs in zip(test, probabilities, strict=True):
         if record.truth is not None:
             test_curve.add(probs, record.truth > 0)
-    predicted = [p >= threshold for p in probabilities]
+    predicted = [defect_mask(p, threshold) for p in probabilities]
     return {
         "checkpoint": str(path),
         "label_source": config.label_source,

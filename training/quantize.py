@@ -19,6 +19,7 @@ import torch
 
 from training.config import ModelConfig
 from training.dataset import LayerRecord, load_split
+from training.detections import defect_mask
 from training.images import write_atomic, write_json
 from training.inference import model_input, predict_layers
 from training.metrics import Counts, confusion
@@ -54,7 +55,7 @@ def agreement(
     same_decision = 0
     has_truth = all(r.truth is not None for r in records)
     for a, b, record in zip(reference, candidate, records, strict=True):
-        fa, fb = a >= threshold, b >= threshold
+        fa, fb = defect_mask(a, threshold), defect_mask(b, threshold)
         between = between + confusion(fb, fa)
         same_decision += bool(fa.any()) == bool(fb.any())
         if has_truth:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from training.augment import training_transform
 from training.config import ModelConfig
 from training.dataset import LayerRecord, TrainingCrops, load_split
+from training.detections import defect_mask
 from training.figures import pyplot, save_png
 from training.images import write_csv, write_json
 from training.inference import predict_probabilities
@@ -145,7 +146,7 @@ def validate(
     counts, truth_counts = Counts(), Counts()
     found = instances = 0
     for record in records:
-        predicted = predict_probabilities(model, record.stack, config, device) >= config.threshold
+        predicted = defect_mask(predict_probabilities(model, record.stack, config, device), config.threshold)
         counts = counts + confusion(predicted, record.label > 0)
         f, n = components_found(predicted, record.label > 0)
         found, instances = found + f, instances + n

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from training.images import SUPPORTED_EXTENSIONS, ImageError, read_gray
+from training.layer import LayerError, stack_images
 
 NAME = re.compile(r"^(?P<layer>.+)_a(?P<k>[0-9]+)(?P<ext>\.[A-Za-z0-9]+)$")
 
@@ -114,12 +115,10 @@ def load_triplet(triplet: Triplet, limits: QualityLimits = QualityLimits()) -> L
             images.append(read_gray(path))
         except (ImageError, OSError) as err:
             return drop("unreadable", str(err))
-    shapes = [im.pixels.shape for im in images]
-    if len(set(shapes)) > 1:
-        return drop("size_mismatch", "sizes (H x W) " + ", ".join(f"{h}x{w}" for h, w in shapes))
-    depths = [im.bit_depth for im in images]
-    if len(set(depths)) > 1:
-        return drop("bit_depth_mismatch", f"bit depths {depths}")
+    try:
+        stack = stack_images(images, [p.name for p in triplet.paths]).stack  # (H, W, 3)
+    except LayerError as err:
+        return drop(err.reason, str(err))
     full = effective_full_scale(images)
     for k, im in enumerate(images):
         low, high = np.percentile(im.pixels, [0.5, 99.5])
@@ -133,6 +132,5 @@ def load_triplet(triplet: Triplet, limits: QualityLimits = QualityLimits()) -> L
         for j in range(i + 1, 3):
             if digests[i] == digests[j]:
                 return drop("identical_images", f"a{i} and a{j} are pixel-identical")
-    stack = np.stack([im.pixels for im in images], axis=-1)  # (H, W, 3)
     digest = hashlib.sha256("".join(digests).encode() + str(stack.shape).encode()).hexdigest()
     return LoadedTriplet(triplet.layer_id, stack, digest, any(im.converted_from_colour for im in images))

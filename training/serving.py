@@ -1,0 +1,62 @@
+"""How one variant is served: TorchServe's per-model settings and the handler's own, written into the archive's
+model-config.yaml by `archive` and read back by the handler. The defaults are typed here and nowhere else."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+# TorchServe's model-config.yaml keys for the fields of ServingConfig that it reads itself.
+_TORCHSERVE_KEYS = {
+    "min_workers": "minWorkers",
+    "max_workers": "maxWorkers",
+    "batch_size": "batchSize",
+    "max_batch_delay_ms": "maxBatchDelay",
+    "response_timeout_s": "responseTimeout",
+    "startup_timeout_s": "startupTimeout",
+}
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    # TorchServe: one worker per variant and one torch thread per worker, so two variants fit two cores.
+    min_workers: int = 1
+    max_workers: int = 1
+    batch_size: int = 1  # requests per handler call; each is answered on its own
+    max_batch_delay_ms: int = 20
+    response_timeout_s: int = 120  # one 2048x2048 fp32 layer takes seconds on one thread
+    startup_timeout_s: int = 120
+    # The handler.
+    torch_threads: int = 1
+    max_image_pixels: int = 4096 * 4096  # per image, checked from the header before decoding
+    tile_overlap: int = 64  # pixels shared by neighbouring tiles of a large layer
+    tile_batch: int = 4  # tiles per forward pass
+    max_components: int = 100  # components listed per answer, largest first (all are counted)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if f.name == "tile_overlap" else 1):
+                raise ValueError(f"serving setting {f.name} must be a positive whole number, got {value!r}")
+        if self.min_workers > self.max_workers:
+            raise ValueError(f"min_workers {self.min_workers} exceeds max_workers {self.max_workers}")
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """model-config.yaml content: TorchServe's keys at the top, ours under `handler`."""
+        top = {key: getattr(self, name) for name, key in _TORCHSERVE_KEYS.items()}
+        ours = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _TORCHSERVE_KEYS}
+        return {**top, "handler": ours}
+
+    @classmethod
+    def from_yaml_dict(cls, data: dict[str, Any] | None) -> ServingConfig:
+        data = data or {}
+        values = {name: data[key] for name, key in _TORCHSERVE_KEYS.items() if key in data}
+        handler = data.get("handler") or {}
+        known = {f.name for f in dataclasses.fields(cls)} - set(_TORCHSERVE_KEYS)
+        unknown = set(handler) - known
+        if unknown:
+            raise ValueError(
+                f"unknown handler setting(s) {sorted(unknown)} in model-config.yaml; known: {sorted(known)}"
+            )
+        return cls(**values, **handler)
