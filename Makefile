@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: setup java demo test lint format label-report results results-data results-train results-docs clean
+.PHONY: setup java demo serve stop test lint format label-report results results-data results-train results-docs clean
 
 setup: $(STAMP) java
 
@@ -26,15 +26,33 @@ java:
 	fi
 
 # The pipeline on a small synthetic set: synth -> prepare (with the label-quality report) -> train (quick profile,
-# on heuristic labels as real users would) -> evaluate against exact truth -> quantize to int8. Writes runs/demo/.
+# on heuristic labels as real users would) -> evaluate against exact truth -> quantize to int8 -> archive both
+# variants -> serve them with TorchServe and send one real request for a synthetic layer. The server keeps running.
 DEMO := data/demo
+# The layer sent to the server: a test-split layer with a recoater hopping band, a streak and two pits.
+DEMO_LAYER_ID ?= layer_00006
+DEMO_LAYER = $(DEMO)/synth/raw/$(DEMO_LAYER_ID)
 demo: setup
 	$(PY) -m training synth --out $(DEMO)/synth --layers 48 --seed 0
 	$(PY) -m training prepare --raw $(DEMO)/synth/raw --truth $(DEMO)/synth/truth --out $(DEMO)/processed --report-dir $(DEMO)/report
 	$(PY) -m training train --data $(DEMO)/processed --out runs/demo --labels heuristic --profile quick
 	$(PY) -m training evaluate --checkpoint runs/demo/checkpoint.pt --report runs/demo/results.md
 	$(PY) -m training quantize --checkpoint runs/demo/checkpoint.pt --calibration 16
-	@echo "demo done: label quality in $(DEMO)/report/label_quality.md; model, curves and results in runs/demo/"
+	$(PY) -m training archive --checkpoint runs/demo/checkpoint.pt --out model_store
+	@$(PY) -m training stop > /dev/null  # a server left by an earlier demo
+	$(PY) -m training serve --probe $(DEMO_LAYER)_a0.png $(DEMO_LAYER)_a1.png $(DEMO_LAYER)_a2.png
+	@echo "demo done: label quality in $(DEMO)/report/label_quality.md; model, curves and results in runs/demo/;"
+	@echo "archives in model_store/; TorchServe still running: make stop"
+
+# TorchServe with both variants in the background (archives built from runs/demo when model_store lacks them).
+SERVE_CHECKPOINT ?= runs/demo/checkpoint.pt
+serve: setup
+	@test -f model_store/defect_fp32.mar -a -f model_store/defect_int8.mar || \
+		$(PY) -m training archive --checkpoint $(SERVE_CHECKPOINT) --out model_store
+	$(PY) -m training serve
+
+stop: $(STAMP)
+	$(PY) -m training stop
 
 test: setup lint
 	$(PY) -m pytest
@@ -53,7 +71,7 @@ label-report: setup
 	$(PY) -m training prepare --raw data/label-report/synth/raw --truth data/label-report/synth/truth --out data/label-report/processed --report-dir docs
 
 clean:
-	rm -rf data/demo data/label-report data/results runs/demo .pytest_cache .ruff_cache
+	rm -rf data/demo data/label-report data/results runs/demo runs/serve model_store/*.mar .pytest_cache .ruff_cache
 
 # Regenerates docs/results.md: two trainings (heuristic labels, exact truth) on the same synthetic set, evaluated
 # against exact truth. On 2 CPU cores the two trainings run side by side, one core each, for RESULTS_MINUTES,

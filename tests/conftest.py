@@ -39,3 +39,27 @@ def tiny_run(tiny_prepared, tmp_path_factory) -> Path:
     profile = TrainConfig("tiny", epochs=2, repeats=1, batch_size=2, crop=32, lr=1e-3, patience=5)
     train(tiny_prepared, out, profile, labels="truth", device_name="cpu", seed=0, command="CMD")
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_variants(tiny_run, tmp_path_factory) -> Path:
+    """tiny_run's checkpoint quantized: checkpoint.pt, model_fp32.pt and model_int8.pt (2 calibration layers)."""
+    import shutil
+
+    from training.quantization import QuantizationConfig
+    from training.quantize import quantize_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny_variants")
+    shutil.copy(tiny_run / "checkpoint.pt", out / "checkpoint.pt")
+    quantize_checkpoint(out / "checkpoint.pt", out, QuantizationConfig(calibration_images=2))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_variants, tmp_path_factory) -> Path:
+    """A model store with defect_fp32.mar and defect_int8.mar of the tiny model."""
+    from training.archive import build_archives
+
+    store = tmp_path_factory.mktemp("model_store")
+    build_archives(tiny_variants / "checkpoint.pt", store)
+    return store

@@ -70,8 +70,8 @@ def check_variants(checkpoint: Path) -> dict[str, Path]:
     config = ModelConfig.from_dict(source["model_config"])
     files = {v: checkpoint.parent / MODEL_FILES[v] for v in VARIANTS}
     digest = state_digest(source["state_dict"])
-    for path in files.values():
-        payload = _load(path)
+    payloads = {path: _load(path) for path in files.values()}  # every file present before any is judged
+    for path, payload in payloads.items():
         stored = ModelConfig.from_dict(payload["model_config"])
         origin = stored.quantization["source_digest"] if stored.quantization else state_digest(payload["state_dict"])
         if origin != digest:

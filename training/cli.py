@@ -459,7 +459,61 @@ def run_archive(args: argparse.Namespace, argv: list[str]) -> str:
     return "wrote " + ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in built.values())
 
 
-COMMANDS = (add_synth, add_prepare, add_train, add_evaluate, add_quantize, add_bench, add_archive)
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start TorchServe in the background with both archives and config.properties",
+        description="Start TorchServe with config.properties and defect_fp32.mar / defect_int8.mar from the model "
+        "store, wait until both answer, and print the endpoints and where the inference key is.",
+    )
+    p.add_argument("--model-store", type=Path, default=Path("model_store"), help="default: model_store")
+    p.add_argument("--home", type=Path, default=Path("runs/serve"), help="logs and key_file.json (default: runs/serve)")
+    p.add_argument("--config", type=Path, default=Path("config.properties"), help="default: config.properties")
+    p.add_argument(
+        "--probe", nargs=3, type=Path, metavar=("A0", "A1", "A2"), help="then send these three images to both variants"
+    )
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.torchserve import start
+
+    server = start(args.model_store, args.home, config=args.config)
+    lines = [
+        f"TorchServe is running (home {server.home}):",
+        *[f"  {name:<10} {url}" for name, url in server.urls.items()],
+        f"  models     {', '.join(server.models)}",
+        f"  keys       {server.key_file} (send 'Authorization: Bearer <inference key>'; docs/api.md)",
+    ]
+    if args.probe:
+        blobs = [path.read_bytes() for path in args.probe]
+        for model in server.models:
+            status, answer = server.predict(model, blobs)
+            if "mask" in answer:
+                answer["mask"]["data"] = answer["mask"]["data"][:32] + "..."
+            answer["components"] = answer.get("components", [])[:3]
+            lines += [f"POST {server.urls['inference']}/predictions/{model} ({args.probe[0].name} ...): HTTP {status}",
+                      json.dumps(answer, indent=1)]  # fmt: skip
+    lines.append(f"stop it with: make stop (or python -m training stop --home {server.home})")
+    return "\n".join(lines)
+
+
+def add_stop(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stop", help="stop the TorchServe started by serve")
+    p.add_argument("--home", type=Path, default=Path("runs/serve"), help="the serve --home (default: runs/serve)")
+    p.set_defaults(run=run_stop)
+
+
+def run_stop(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.torchserve import Server
+
+    said = Server(args.home.resolve(), {}, ()).stop()
+    return f"{args.home}: {said or 'stopped'}"
+
+
+COMMANDS = (
+    add_synth, add_prepare, add_train, add_evaluate, add_quantize, add_bench, add_archive, add_serve, add_stop
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -480,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         message = args.run(args, argv)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if message:

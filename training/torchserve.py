@@ -123,10 +123,25 @@ class Server:
             workers = json.loads(answer.read())[0]["workers"]
         return any(w.get("status") == "READY" for w in workers)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """`torchserve --stop` for this server's home, then kill what is left of the process group."""
-        subprocess.run(
-            [_torchserve(), "--stop"], env=self.env(), capture_output=True, timeout=timeout, check=False
+    def predict(self, model: str, blobs: list[bytes], timeout: float = 120.0, **fields: str) -> tuple[int, dict]:
+        """POST three images as multipart fields angle0..2 (plus text fields) with the inference key."""
+        import requests
+
+        files = {f"angle{k}": (f"angle{k}", blob) for k, blob in enumerate(blobs)}
+        answer = requests.post(
+            f"{self.urls['inference']}/predictions/{model}",
+            files=files,
+            data=fields,
+            headers={"Authorization": f"Bearer {self.keys()['inference']}"},
+            timeout=timeout,
+        )
+        return answer.status_code, answer.json()
+
+    def stop(self, timeout: float = 30.0) -> str:
+        """`torchserve --stop` for this server's home, then kill what is left of the process group; returns what
+        the launcher said."""
+        done = subprocess.run(
+            [_torchserve(), "--stop"], env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
         )  # fmt: skip
         if self.process is not None:
             try:
@@ -134,6 +149,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=timeout)
+        return (done.stdout + done.stderr).strip()
 
 
 def _torchserve() -> str:
@@ -171,6 +187,8 @@ def start(
             address = re.sub(r":\d+$", f":{ports[name]}", address)
             changes[f"{name}_address"] = address
         urls[name] = address
+    if ports:  # workers talk to the frontend over /tmp/.ts.sock.<port>: a second server needs other numbers
+        changes["initial_worker_port"] = str(ports.get("workers", ports["inference"] + 1000))
     (home / "config.properties").write_text(render_config(config, changes))
     server = Server(home, urls, tuple(models))
     command = [_torchserve(), "--start", "--ncs", "--ts-config", str(home / "config.properties")]

@@ -1,0 +1,167 @@
+"""The handler with TorchServe's own Context and metrics cache, on an unpacked archive: no server."""
+
+import base64
+import json
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
+
+from handler.defect_handler import DefectHandler
+from tests.images_for_tests import encode, png_header_only, triplet
+from training.config import ModelConfig
+from training.detections import summarize
+from training.inference import predict_tiled
+from training.variants import load_variant
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "docs" / "response.schema.json").read_text())
+
+
+def unpack(mar: Path, into: Path) -> Path:
+    with zipfile.ZipFile(mar) as archive:
+        archive.extractall(into)
+    return into
+
+
+def make_context(model_dir: Path) -> Context:
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    metrics = MetricsCacheYamlImpl(config_file_path=str(ROOT / "handler" / "metrics.yaml"))
+    metrics.initialize_cache()
+    model_yaml = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    name = manifest["model"]["modelName"]
+    metrics.model_name = name
+    return Context(name, str(model_dir), manifest, 1, None, "0.12.0", metrics=metrics, model_yaml_config=model_yaml)
+
+
+def serve(handler: DefectHandler, context: Context, batch: list[dict]) -> list[tuple[int, dict]]:
+    """What TorchServe's Service.predict does around handle(): request ids and per-request status."""
+    context.request_ids = {i: f"req-{i}" for i in range(len(batch))}
+    context.metrics.request_ids = context.request_ids
+    context.request_processor = [RequestProcessor({}) for _ in batch]
+    bodies = handler.handle(batch, context)
+    assert len(bodies) == len(batch)
+    out = []
+    for i, body in enumerate(bodies):
+        code, _ = context.get_response_status(i)
+        assert context.get_response_content_type(i) == "application/json"
+        answer = json.loads(body)
+        jsonschema.validate(answer, SCHEMA)
+        out.append((code or 200, answer))
+    return out
+
+
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def loaded(request, tiny_store, tmp_path_factory):
+    model_dir = unpack(tiny_store / f"defect_{request.param}.mar", tmp_path_factory.mktemp(f"unpacked_{request.param}"))
+    context = make_context(model_dir)
+    handler = DefectHandler()
+    handler.initialize(context)
+    return handler, context, model_dir
+
+
+def multipart(blobs, **options) -> dict:
+    return {**{f"angle{k}": bytearray(b) for k, b in enumerate(blobs)}, **options}
+
+
+def layer_blobs(size=96, dtype=np.uint8, seed=0):
+    return [encode(im) for im in triplet(size, dtype, seed)]
+
+
+def test_a_good_triplet_is_answered_as_the_library_answers_it(loaded):
+    handler, context, model_dir = loaded
+    images = triplet(96)
+    [(code, answer)] = serve(handler, context, [multipart([encode(im) for im in images])])
+    assert code == 200
+    config = ModelConfig.from_dict(json.loads((model_dir / "model_config.json").read_text()))
+    _, model = load_variant(model_dir / context.manifest["model"]["serializedFile"])
+    expected = summarize(
+        predict_tiled(model, np.stack(images, -1), config), config.threshold, True, handler.serving.max_components
+    )
+    for key in ("defect", "max_confidence", "defect_area_px", "bbox", "components", "components_total", "threshold"):
+        assert answer[key] == expected[key], key
+    assert answer["mask"] == expected["mask"]
+    assert answer["model"] == {"name": context.model_name, "variant": handler.variant, "version": "1.0"}
+    assert set(answer["timing_ms"]) == {"decode", "inference", "postprocess"}
+
+
+def test_json_body_with_threshold_override_and_no_mask(loaded):
+    handler, context, _ = loaded
+    body = {"images": [base64.b64encode(b).decode() for b in layer_blobs()], "threshold": 0.05, "return_mask": False}
+    [(code, low)] = serve(handler, context, [{"body": body}])
+    [(_, high)] = serve(handler, context, [{"body": {**body, "threshold": 0.95}}])
+    assert code == 200 and low["threshold"] == 0.05 and "mask" not in low
+    assert low["defect_area_px"] >= high["defect_area_px"]
+
+
+def test_colour_and_16_bit_inputs_are_accepted(loaded):
+    handler, context, _ = loaded
+    gray = triplet(64, np.uint16)
+    [(code, answer)] = serve(handler, context, [multipart([encode(im) for im in gray])])
+    assert code == 200 and answer["converted_from_colour"] == []
+    colour = [encode(np.stack([im] * 3, -1)) for im in triplet(64)]
+    [(code, answer)] = serve(handler, context, [multipart(colour)])
+    assert code == 200 and answer["converted_from_colour"] == ["angle0", "angle1", "angle2"]
+
+
+def bad_requests() -> dict[str, tuple[dict, int, str]]:
+    good = layer_blobs(64)
+    return {
+        "missing image": (multipart(good[:2]), 400, "image_count"),
+        "extra image": ({**multipart(good), "angle3": bytearray(good[0])}, 400, "unexpected_field"),
+        "empty file": (multipart([good[0], b"", good[2]]), 400, "unreadable"),
+        "undecodable bytes": (multipart([good[0], b"GIF89a....", good[2]]), 400, "unreadable"),
+        "truncated png": (multipart([good[0], good[1][:100], good[2]]), 400, "unreadable"),
+        "sizes differ": (multipart([good[0], good[1], layer_blobs(96)[2]]), 400, "size_mismatch"),
+        "bit depths differ": (multipart([good[0], good[1], encode(triplet(64, np.uint16)[2])]), 400, "bit_depth_mismatch"),
+        "too small": (multipart(layer_blobs(8)), 400, "too_small"),
+        "header over the pixel limit": (multipart([good[0], png_header_only(5000, 5000), good[2]]), 413, "too_many_pixels"),
+        "decompression bomb": (multipart([png_header_only(30000, 30000), *good[1:]]), 413, "too_many_pixels"),
+        "threshold out of range": (multipart(good, threshold="1.5"), 400, "invalid_option"),
+        "return_mask not a flag": (multipart(good, return_mask="perhaps"), 400, "invalid_option"),
+        "malformed json": ({"body": bytearray(b'{"images": [')}, 400, "invalid_json"),
+        "invalid base64": ({"body": {"images": ["@@", "@@", "@@"]}}, 400, "invalid_base64"),
+        "no images at all": ({}, 400, "image_count"),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(bad_requests()))
+def test_bad_input_gets_a_4xx_that_says_why(loaded, case):
+    handler, context, _ = loaded
+    request, status, reason = bad_requests()[case]
+    [(code, answer)] = serve(handler, context, [request])
+    assert (code, answer["code"], answer["reason"]) == (status, status, reason)
+    assert len(answer["message"]) > 10
+
+
+def test_a_bad_request_in_a_batch_fails_alone(loaded):
+    handler, context, _ = loaded
+    good = multipart(layer_blobs(64))
+    results = serve(handler, context, [good, multipart(layer_blobs(64)[:2]), good])
+    assert [code for code, _ in results] == [200, 400, 200]
+    assert results[0][1]["defect_area_px"] == results[2][1]["defect_area_px"]
+
+
+def test_a_2048_layer_goes_through_overlapping_tiles(loaded):
+    handler, context, _ = loaded
+    if handler.variant != "int8":
+        pytest.skip("one variant is enough for the large layer (int8 is the fast one)")
+    images = triplet(2048, np.uint8, seed=3)
+    [(code, answer)] = serve(handler, context, [multipart([encode(im) for im in images], return_mask="true")])
+    assert code == 200
+    assert (answer["mask"]["width"], answer["mask"]["height"]) == (2048, 2048)
+
+
+def test_custom_metrics_are_emitted(loaded, caplog):
+    handler, context, _ = loaded
+    with caplog.at_level("INFO"):
+        serve(handler, context, [multipart(layer_blobs(64))])
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
+    decisions = [line for line in lines if line.startswith("[METRICS]DefectDecisions.")]
+    assert decisions and f"Variant:{handler.variant}" in decisions[-1] and "Decision:" in decisions[-1]
+    assert any(line.startswith("[METRICS]DefectInferenceTime.") for line in lines)

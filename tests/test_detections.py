@@ -1,0 +1,79 @@
+import base64
+
+import cv2
+import numpy as np
+import pytest
+
+from training.detections import check_threshold, components, defect_mask, summarize, union_bbox
+
+
+def probabilities() -> np.ndarray:
+    p = np.full((20, 30), 0.1, np.float32)
+    p[2:6, 3:9] = 0.9  # 4 x 6 = 24 px
+    p[4, 5] = 0.97
+    p[10:12, 20:21] = 0.6  # 2 px
+    p[15, 25] = 0.5  # exactly at 0.5: counts at threshold 0.5
+    return p
+
+
+def test_mask_compares_at_or_above_the_threshold():
+    p = probabilities()
+    assert defect_mask(p, 0.5).sum() == 27
+    assert defect_mask(p, 0.6).sum() == 26
+    assert defect_mask(p, 0.95).sum() == 1
+
+
+def test_components_largest_first_with_box_area_and_peak():
+    p = probabilities()
+    found = components(defect_mask(p, 0.5), p)
+    assert [c.area_px for c in found] == [24, 2, 1]
+    assert found[0].bbox == (3, 2, 6, 4)
+    assert found[0].max_confidence == pytest.approx(0.97)
+    assert found[1].bbox == (20, 10, 1, 2) and found[1].max_confidence == pytest.approx(0.6)
+
+
+def test_diagonal_neighbours_are_one_component():
+    mask = np.zeros((5, 5), bool)
+    mask[1, 1] = mask[2, 2] = True
+    assert len(components(mask, mask.astype(np.float32))) == 1
+
+
+def test_union_bbox_and_clean_layer():
+    p = probabilities()
+    assert union_bbox(defect_mask(p, 0.5)) == (3, 2, 23, 14)
+    assert union_bbox(np.zeros((4, 4), bool)) is None
+
+
+def test_summary_fields_and_mask_png_round_trip():
+    p = probabilities()
+    answer = summarize(p, 0.5)
+    assert answer["defect"] is True
+    assert answer["defect_area_px"] == 27
+    assert answer["defect_area_pct"] == pytest.approx(100 * 27 / 600, abs=1e-4)
+    assert answer["bbox"] == [3, 2, 23, 14]
+    assert answer["max_confidence"] == pytest.approx(0.97)
+    assert answer["components_total"] == 3
+    png = base64.b64decode(answer["mask"]["data"])
+    mask = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert (answer["mask"]["width"], answer["mask"]["height"]) == (30, 20)
+    np.testing.assert_array_equal(mask == 255, defect_mask(p, 0.5))
+    assert set(np.unique(mask)) <= {0, 255}
+
+
+def test_clean_layer_summary_and_options():
+    answer = summarize(np.full((8, 8), 0.2, np.float32), 0.5, return_mask=False)
+    assert answer["defect"] is False and answer["bbox"] is None and answer["components"] == []
+    assert "mask" not in answer
+    capped = summarize(probabilities(), 0.5, max_components=1)
+    assert len(capped["components"]) == 1 and capped["components_total"] == 3
+
+
+@pytest.mark.parametrize("value", [0.3, "0.3", "0.30"])
+def test_threshold_accepts_numbers_and_numeric_text(value):
+    assert check_threshold(value) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, "abc", None, float("nan"), ""])
+def test_threshold_out_of_range_or_not_a_number_is_refused(value):
+    with pytest.raises(ValueError, match="threshold"):
+        check_threshold(value)

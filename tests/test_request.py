@@ -1,0 +1,78 @@
+import base64
+import json
+
+import pytest
+
+from training.layer import LayerError
+from training.request import BadRequest, parse_request, request_options
+
+IMAGES = [b"img0", b"img1", b"img2"]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def refused(request) -> BadRequest:
+    with pytest.raises(BadRequest) as err:
+        parse_request(request)
+    return err.value
+
+
+def test_multipart_fields_and_text_options():
+    request = {"angle0": bytearray(b"img0"), "angle1": b"img1", "angle2": b"img2", "threshold": "0.4"}
+    blobs, names, options = parse_request(request)
+    assert blobs == IMAGES and names == ["angle0", "angle1", "angle2"] and options == {"threshold": "0.4"}
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_json_body_decoded_or_raw(as_bytes):
+    body = {"images": [b64(i) for i in IMAGES], "return_mask": False}
+    request = {"body": json.dumps(body).encode() if as_bytes else body}
+    blobs, names, options = parse_request(request)
+    assert blobs == IMAGES and names[1] == "images[1]" and options == {"return_mask": False}
+
+
+def test_data_urls_are_accepted():
+    body = {"images": [f"data:image/png;base64,{b64(i)}" for i in IMAGES]}
+    assert parse_request({"body": body})[0] == IMAGES
+
+
+def test_bad_requests_say_what_was_wrong():
+    err = refused({"angle0": b"a", "angle1": b"b"})
+    assert err.reason == "image_count" and "angle2" in str(err) and err.code == 400
+    err = refused({"angle0": b"a", "angle1": b"b", "angle2": b"c", "angle3": b"d"})
+    assert err.reason == "unexpected_field" and "angle3" in str(err)
+    assert refused({}).reason == "image_count"
+    err = refused({"body": b"{not json"})
+    assert err.reason == "invalid_json" and "JSON" in str(err)
+    assert refused({"body": b"\x89PNG\r\n\x1a\n\x00"}).reason == "invalid_json"  # one raw image as the body
+    assert refused({"body": [1, 2, 3]}).reason == "invalid_json"
+    assert refused({"body": {"images": "abc"}}).reason == "invalid_json"
+    err = refused({"body": {"images": [b64(b"a"), b64(b"b")]}})
+    assert err.reason == "image_count" and "got 2" in str(err)
+    assert refused({"body": {"images": [b64(i) for i in IMAGES], "colour": 1}}).reason == "unexpected_field"
+    err = refused({"body": {"images": [b64(b"a"), "%%% not base64", b64(b"c")]}})
+    assert err.reason == "invalid_base64" and "images[1]" in str(err)
+    assert refused({"body": {"images": [b64(b"a"), 7, b64(b"c")]}}).reason == "invalid_base64"
+
+
+def test_options_default_to_the_model_threshold_and_a_mask():
+    assert request_options({}, 0.7) == (0.7, True)
+    assert request_options({"threshold": "0.25", "return_mask": "false"}, 0.7) == (0.25, False)
+    assert request_options({"return_mask": True}, 0.7) == (0.7, True)
+
+
+@pytest.mark.parametrize("options", [{"threshold": "1.5"}, {"threshold": "x"}, {"return_mask": "maybe"}])
+def test_bad_options_are_refused(options):
+    with pytest.raises(BadRequest) as err:
+        request_options(options, 0.5)
+    assert err.value.reason == "invalid_option" and err.value.code == 400
+
+
+def test_layer_errors_map_to_statuses():
+    assert BadRequest.from_layer_error(LayerError("too_many_pixels", "m")).code == 413
+    error = BadRequest.from_layer_error(LayerError("size_mismatch", "sizes differ"))
+    assert error.code == 400 and error.to_dict() == {
+        "code": 400, "type": "BadRequest", "reason": "size_mismatch", "message": "sizes differ"
+    }  # fmt: skip

@@ -1,0 +1,185 @@
+"""A real TorchServe on free loopback ports with both archives of the tiny model, real HTTP, stopped afterwards
+(also when a test fails)."""
+
+import base64
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+import pytest
+import requests
+
+from tests.images_for_tests import encode, png_header_only
+from training.synth import SynthConfig, generate_layer
+from training.torchserve import LISTENERS, free_port, start
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = json.loads((ROOT / "docs" / "response.schema.json").read_text())
+MODELS = ("defect_fp32", "defect_int8")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_store, tmp_path_factory):
+    running = start(
+        tiny_store, tmp_path_factory.mktemp("torchserve"), ports={n: free_port() for n in LISTENERS}, foreground=True
+    )
+    yield running
+    running.stop()
+    assert running.process.poll() is not None
+
+
+@pytest.fixture(scope="module")
+def layer(tmp_path_factory) -> Path:
+    """A synthetic 128x128 layer as three PNG files; returns the path prefix (..._a0.png etc.)."""
+    out = tmp_path_factory.mktemp("layer")
+    images = generate_layer(SynthConfig(size=128), seed=0, index=6).images
+    for k, image in enumerate(images):
+        (out / f"layer_a{k}.png").write_bytes(encode(image))
+    return out / "layer"
+
+
+def blobs_of(layer: Path) -> list[bytes]:
+    return [Path(f"{layer}_a{k}.png").read_bytes() for k in range(3)]
+
+
+def post(server, model, key=None, **kwargs) -> requests.Response:
+    key = server.keys()["inference"] if key is None else key
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.post(f"{server.urls['inference']}/predictions/{model}", headers=headers, timeout=120, **kwargs)
+
+
+def worker_pids(server, model) -> list[int]:
+    answer = requests.get(
+        f"{server.urls['management']}/models/{model}",
+        headers={"Authorization": f"Bearer {server.keys()['management']}"},
+        timeout=10,
+    )
+    return sorted(w["pid"] for w in answer.json()[0]["workers"])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_both_variants_answer_multipart_and_json(server, layer, model):
+    status, answer = server.predict(model, blobs_of(layer))
+    assert status == 200
+    jsonschema.validate(answer, SCHEMA)
+    assert answer["model"]["name"] == model and answer["model"]["variant"] == model.split("_")[1]
+    assert (answer["mask"]["width"], answer["mask"]["height"]) == (128, 128)
+    body = {"images": [base64.b64encode(b).decode() for b in blobs_of(layer)], "return_mask": False}
+    again = post(server, model, json=body)
+    assert again.status_code == 200 and again.headers["content-type"].startswith("application/json")
+    jsonschema.validate(again.json(), SCHEMA)
+    assert "mask" not in again.json()
+    assert again.json()["defect_area_px"] == answer["defect_area_px"]
+
+
+def test_bad_inputs_are_answered_4xx_and_the_workers_live_on(server, layer):
+    good = blobs_of(layer)
+    before = {m: worker_pids(server, m) for m in MODELS}
+    cases = [
+        ({"files": {"angle0": good[0], "angle1": good[1]}}, 400, "image_count"),
+        ({"files": {"angle0": good[0], "angle1": b"not an image", "angle2": good[2]}}, 400, "unreadable"),
+        ({"files": {"angle0": good[0], "angle1": png_header_only(30000, 30000), "angle2": good[2]}}, 413, "too_many_pixels"),
+        ({"files": {f"angle{k}": g for k, g in enumerate(good)}, "data": {"threshold": "7"}}, 400, "invalid_option"),
+        ({"data": b'{"images": [', "headers_extra": {"Content-Type": "application/json"}}, 400, "invalid_json"),
+    ]  # fmt: skip
+    for model in MODELS:
+        for kwargs, status, reason in cases:
+            kwargs = dict(kwargs)
+            extra = kwargs.pop("headers_extra", {})
+            headers = {"Authorization": f"Bearer {server.keys()['inference']}", **extra}
+            answer = requests.post(
+                f"{server.urls['inference']}/predictions/{model}", headers=headers, timeout=60, **kwargs
+            )
+            assert answer.status_code == status, (model, reason, answer.text)
+            jsonschema.validate(answer.json(), SCHEMA)
+            assert answer.json()["reason"] == reason
+        status, ok = server.predict(model, good)
+        assert status == 200 and ok["model"]["name"] == model
+    assert {m: worker_pids(server, m) for m in MODELS} == before
+
+
+def test_a_body_over_the_request_limit_is_refused_by_the_frontend(server):
+    limit = int(re.search(r"max_request_size=(\d+)", (server.home / "config.properties").read_text()).group(1))
+    answer = requests.post(
+        f"{server.urls['inference']}/predictions/defect_int8",
+        headers={"Authorization": f"Bearer {server.keys()['inference']}", "Content-Type": "application/octet-stream"},
+        data=b"0" * (limit + 1),
+        timeout=60,
+    )
+    assert answer.status_code == 413
+    ping = requests.get(
+        f"{server.urls['inference']}/ping",
+        headers={"Authorization": f"Bearer {server.keys()['inference']}"},
+        timeout=10,
+    )
+    assert ping.status_code == 200 and ping.json()["status"] == "Healthy"
+
+
+def test_requests_without_or_with_a_wrong_token_are_refused(server, layer):
+    files = {f"angle{k}": b for k, b in enumerate(blobs_of(layer))}
+    for key in ("", "wrong-key"):
+        answer = post(server, "defect_int8", key=key, files=files)
+        assert answer.status_code == 400 and answer.json()["type"] == "InvalidKeyException"
+
+
+def test_custom_metrics_reach_the_prometheus_endpoint(server, layer):
+    server.predict("defect_int8", blobs_of(layer))
+    text = requests.get(f"{server.urls['metrics']}/metrics", timeout=10).text
+    assert re.search(r'DefectDecisions\{Variant="int8",Decision="(defect|clean)",ModelName="defect_int8"', text)
+    assert re.search(r'DefectInferenceTime\{Variant="int8",ModelName="defect_int8"', text)
+
+
+def code_blocks(language: str) -> list[str]:
+    text = (ROOT / "docs" / "api.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def as_here(code: str, server, layer: Path) -> str:
+    """The documented example with only the address, the key file and the layer replaced."""
+    return (
+        code.replace("http://127.0.0.1:8080", server.urls["inference"])
+        .replace("http://127.0.0.1:8081", server.urls["management"])
+        .replace("runs/serve/key_file.json", str(server.key_file))
+        .replace("data/demo/synth/raw/layer_00006", str(layer))
+    )
+
+
+def test_the_documented_examples_work_as_written(server, layer, tmp_path):
+    shells = [b for b in code_blocks("bash") if "/predictions/" in b]
+    assert len(shells) == 2
+    for block in shells:
+        done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + as_here(block, server, layer)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        jsonschema.validate(json.loads(done.stdout), SCHEMA)
+    [python] = code_blocks("python")
+    script = tmp_path / "example.py"
+    script.write_text(as_here(python, server, layer))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "True"  # the decoded mask has the reported area
+
+
+def test_the_documented_rotation_replaces_the_inference_key(server, layer):
+    [rotate] = [b for b in code_blocks("bash") if "/token" in b]
+    old = server.keys()["inference"]
+    done = subprocess.run(["bash", "-c", as_here(rotate, server, layer)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    new = server.keys()["inference"]
+    assert new != old
+    files = {f"angle{k}": b for k, b in enumerate(blobs_of(layer))}
+    assert post(server, "defect_int8", key=old, files=files).status_code == 400
+    assert post(server, "defect_int8", key=new, files=files).status_code == 200
+
+
+def test_the_large_layer_is_tiled_through_http(server):
+    rng = np.random.default_rng(1)
+    blobs = [encode(rng.integers(0, 255, (1100, 700), dtype=np.uint8)) for _ in range(3)]
+    status, answer = server.predict("defect_int8", blobs, return_mask="true")
+    assert status == 200 and (answer["mask"]["width"], answer["mask"]["height"]) == (700, 1100)
