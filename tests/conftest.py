@@ -63,3 +63,16 @@ def tiny_store(tiny_variants, tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("model_store")
     build_archives(tiny_variants / "checkpoint.pt", store)
     return store
+
+
+@pytest.fixture(scope="session")
+def torchserve(tiny_store, tmp_path_factory):
+    """A real TorchServe on free loopback ports serving defect_fp32 and defect_int8 of the tiny model; stopped at
+    the end of the session, also when tests fail."""
+    from training.torchserve import LISTENERS, free_port, start
+
+    server = start(
+        tiny_store, tmp_path_factory.mktemp("torchserve"), ports={n: free_port() for n in LISTENERS}, foreground=True
+    )
+    yield server
+    server.stop()

@@ -9,15 +9,20 @@ import pytest
 
 from training.images import encode_png
 from training.serving import ServingConfig
-from training.torchserve import CONFIG, LISTENERS, read_properties
+from training.torchserve import CONFIG, GRPC_LISTENERS, LISTENERS, read_properties
 
 PROPS = read_properties(CONFIG)
 MODELS = ("defect_fp32", "defect_int8")
 
 
 @pytest.mark.parametrize("listener", LISTENERS)
-def test_every_listener_is_on_loopback(listener):
+def test_every_http_listener_is_on_loopback(listener):
     assert urlparse(PROPS[f"{listener}_address"]).hostname == "127.0.0.1"
+
+
+@pytest.mark.parametrize("listener", GRPC_LISTENERS)
+def test_the_grpc_listeners_are_on_loopback_too(listener):
+    assert PROPS[f"{listener}_address"] == "127.0.0.1"
 
 
 def test_token_authorization_on_for_a_shift_and_model_api_off():

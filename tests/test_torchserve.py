@@ -2,6 +2,7 @@
 (also when a test fails)."""
 
 import base64
+import ipaddress
 import json
 import re
 import subprocess
@@ -15,7 +16,6 @@ import requests
 
 from tests.images_for_tests import encode, png_header_only
 from training.synth import SynthConfig, generate_layer
-from training.torchserve import LISTENERS, free_port, start
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -25,13 +25,8 @@ MODELS = ("defect_fp32", "defect_int8")
 
 
 @pytest.fixture(scope="module")
-def server(tiny_store, tmp_path_factory):
-    running = start(
-        tiny_store, tmp_path_factory.mktemp("torchserve"), ports={n: free_port() for n in LISTENERS}, foreground=True
-    )
-    yield running
-    running.stop()
-    assert running.process.poll() is not None
+def server(torchserve):
+    return torchserve
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +178,17 @@ def test_the_large_layer_is_tiled_through_http(server):
     blobs = [encode(rng.integers(0, 255, (1100, 700), dtype=np.uint8)) for _ in range(3)]
     status, answer = server.predict("defect_int8", blobs, return_mask="true")
     assert status == 200 and (answer["mask"]["width"], answer["mask"]["height"]) == (700, 1100)
+
+
+def test_every_listening_socket_of_the_server_is_on_loopback(server):
+    import psutil
+
+    processes = psutil.Process(server.process.pid).children(recursive=True)
+    listening = [
+        c.laddr for p in processes for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN
+    ]  # fmt: skip
+    assert len(listening) >= 5  # inference, management, metrics, gRPC inference and management
+    for addr in listening:
+        ip = ipaddress.ip_address(addr.ip)
+        ip = getattr(ip, "ipv4_mapped", None) or ip  # Java listens on IPv6 sockets: ::ffff:127.0.0.1
+        assert ip.is_loopback, listening

@@ -492,8 +492,9 @@ def run_serve(args: argparse.Namespace, argv: list[str]) -> str:
             if "mask" in answer:
                 answer["mask"]["data"] = answer["mask"]["data"][:32] + "..."
             answer["components"] = answer.get("components", [])[:3]
+            body = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in answer.items())
             lines += [f"POST {server.urls['inference']}/predictions/{model} ({args.probe[0].name} ...): HTTP {status}",
-                      json.dumps(answer, indent=1)]  # fmt: skip
+                      "{\n" + body + "\n}"]  # fmt: skip
     lines.append(f"stop it with: make stop (or python -m training stop --home {server.home})")
     return "\n".join(lines)
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config.properties"
-LISTENERS = ("inference", "management", "metrics")
+LISTENERS = ("inference", "management", "metrics")  # HTTP
+GRPC_LISTENERS = ("grpc_inference", "grpc_management")
 
 
 def free_port() -> int:
@@ -187,7 +188,9 @@ def start(
             address = re.sub(r":\d+$", f":{ports[name]}", address)
             changes[f"{name}_address"] = address
         urls[name] = address
-    if ports:  # workers talk to the frontend over /tmp/.ts.sock.<port>: a second server needs other numbers
+    if ports:  # a second server on this machine needs its own gRPC ports and worker socket numbers too
+        for name in GRPC_LISTENERS:
+            changes[f"{name}_port"] = str(ports.get(name) or free_port())
         changes["initial_worker_port"] = str(ports.get("workers", ports["inference"] + 1000))
     (home / "config.properties").write_text(render_config(config, changes))
     server = Server(home, urls, tuple(models))

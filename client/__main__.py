@@ -1,0 +1,161 @@
+"""python -m client predict | batch | ab-report: the factory side of the defect detection service."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from client.ab import ABClient, WeightedSplit, decode_mask
+from client.client import DEFAULT_KEY_FILE, DEFAULT_URL, KEY_ENV, DefectClient, ServiceError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=DEFAULT_URL, help=f"inference address (default: {DEFAULT_URL})")
+    p.add_argument("--model", default="defect_int8", help="model (variant) to ask (default: defect_int8)")
+    p.add_argument("--key", help=f"inference key (default: ${KEY_ENV}, else the key file)")
+    p.add_argument(
+        "--key-file",
+        type=Path,
+        default=DEFAULT_KEY_FILE,
+        help=f"TorchServe's key_file.json (default: {DEFAULT_KEY_FILE})",
+    )
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: 120)")
+    p.add_argument("--retries", type=int, default=5, help="retries on connection errors and 503/507 (default: 5)")
+    p.add_argument("--threshold", type=float, help="decision threshold for these requests (default: the model's)")
+
+
+def _ab(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--ab", help="weighted split, sticky per layer id, e.g. defect_fp32=0.9,defect_int8=0.1")
+    group.add_argument("--shadow", help="PRIMARY,SHADOW: ask both, keep the primary's answer, record the comparison")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m client", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    p = sub.add_parser("predict", help="one layer: three images in, the answer out")
+    p.add_argument(
+        "--angles", nargs=3, type=Path, required=True, metavar=("A0", "A1", "A2"), help="image k lit from light k"
+    )
+    p.add_argument("--out", type=Path, help="write the answer JSON here (default: print it, mask data shortened)")
+    p.add_argument("--overlay", type=Path, help="write the mask outline over the stacked images as PNG")
+    p.add_argument("--layer-id", help="layer id for the A/B split (default: the first file's name)")
+    _common(p)
+    _ab(p)
+
+    p = sub.add_parser("batch", help="every complete triplet of a folder, with progress, JSON lines and a CSV")
+    p.add_argument("--raw", type=Path, required=True, help="folder of <layer_id>_a<k>.<ext> files")
+    p.add_argument(
+        "--out", type=Path, default=Path("results.jsonl"), help="JSON lines, one per layer (default: results.jsonl)"
+    )
+    p.add_argument("--summary", type=Path, help="CSV summary, one row per layer")
+    p.add_argument("--overlays", type=Path, help="folder for overlay PNGs")
+    p.add_argument("--concurrency", type=int, default=2, help="requests in flight (default: 2)")
+    _common(p)
+    _ab(p)
+
+    p = sub.add_parser("ab-report", help="variants side by side over a labeled set: latency, throughput, F1, agreement")
+    p.add_argument(
+        "--data", type=Path, required=True, help="prepared folder (manifest.csv) or synthetic folder (raw/, truth/)"
+    )
+    p.add_argument("--split", default="test", help="split of a prepared folder ('all' for every layer; default: test)")
+    p.add_argument(
+        "--models", default="defect_fp32,defect_int8", help="variants to compare (default: defect_fp32,defect_int8)"
+    )
+    p.add_argument("--requests", type=int, default=50, help="requests per variant (default: 50)")
+    p.add_argument("--report", type=Path, default=Path("docs/ab_report.md"), help="default: docs/ab_report.md")
+    p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    _common(p)
+    return parser  # fmt: skip
+
+
+def make_client(args: argparse.Namespace) -> DefectClient:
+    return DefectClient(args.url, args.model, args.key, args.key_file, args.timeout, args.retries)
+
+
+def make_router(args: argparse.Namespace, client: DefectClient) -> DefectClient | ABClient:
+    if getattr(args, "ab", None):
+        return ABClient(client, split=WeightedSplit.parse(args.ab))
+    if getattr(args, "shadow", None):
+        pair = [m.strip() for m in args.shadow.split(",")]
+        if len(pair) != 2 or not all(pair):
+            raise ValueError(f"--shadow takes PRIMARY,SHADOW, e.g. defect_fp32,defect_int8; got {args.shadow!r}")
+        return ABClient(client, shadow=(pair[0], pair[1]))
+    return client
+
+
+def run_predict(args: argparse.Namespace, argv: list[str]) -> str:
+    from client.overlay import write_overlay
+    from training.images import write_json
+
+    router = make_router(args, make_client(args))
+    layer_id = args.layer_id or args.angles[0].name.rsplit("_a", 1)[0]
+    want_mask = args.out is not None or args.overlay is not None
+    if isinstance(router, ABClient):
+        prediction, comparison = router.predict(args.angles, layer_id, args.threshold, want_mask)
+    else:
+        prediction, comparison = router.predict(args.angles, None, args.threshold, want_mask, layer_id), None
+    result = {"layer_id": layer_id, "model": prediction.model, "latency_ms": round(prediction.latency_ms, 1),
+              "attempts": prediction.attempts, "answer": prediction.answer}  # fmt: skip
+    if comparison is not None:
+        result["shadow"] = comparison
+    if args.overlay:
+        decode_mask(prediction.answer)  # a clear error before any file is written
+        write_overlay(args.angles, prediction.answer, args.overlay)
+    if args.out:
+        write_json(args.out, result)
+        return f"{layer_id}: defect {prediction.answer['defect']} ({prediction.model}); wrote {args.out}" + (
+            f" and {args.overlay}" if args.overlay else ""
+        )
+    if "mask" in prediction.answer:
+        prediction.answer["mask"]["data"] = prediction.answer["mask"]["data"][:32] + "..."
+    return json.dumps(result, indent=1)
+
+
+def run_batch_command(args: argparse.Namespace, argv: list[str]) -> str:
+    from client.batch import run_batch
+
+    router = make_router(args, make_client(args))
+    result = run_batch(router, args.raw, args.out, args.summary, args.overlays, args.concurrency, args.threshold)
+    wrote = [str(args.out), *(str(p) for p in (args.summary, args.overlays) if p)]
+    return f"{result.line()}; wrote {', '.join(wrote)}"
+
+
+def run_ab_report_command(args: argparse.Namespace, argv: list[str]) -> str:
+    from client.ab_report import command_line, load_labeled, run_ab_report, save, summary_table, write_report
+
+    layers = load_labeled(args.data, None if args.split == "all" else args.split)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    result = run_ab_report(make_client(args), layers, models, args.requests, command_line(argv))
+    write_report(result, args.report)
+    if args.json:
+        save(result, args.json)
+    return summary_table(result) + f"\nwrote {args.report}" + (f" and {args.json}" if args.json else "")
+
+
+RUN = {"predict": run_predict, "batch": run_batch_command, "ab-report": run_ab_report_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        message = RUN[args.command](args, argv)
+    except ServiceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""ab-report: the served variants side by side over a labeled set, through the real service.
+
+For each variant, `requests` layers are sent one at a time (the set repeated as needed): latency percentiles and
+throughput per variant, F1 against truth over the distinct layers, and the agreement between the first two variants
+(mask IoU per layer, same defect / no-defect decision).
+"""
+
+from __future__ import annotations
+
+import csv
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.ab import decode_mask, mask_iou
+from client.client import DefectClient
+from training.figures import pyplot, save_png
+from training.images import encode_png, read_png_array, write_atomic, write_json
+from training.metrics import Counts, confusion
+from training.triplets import group_files
+
+
+@dataclass(frozen=True)
+class LabeledLayer:
+    layer_id: str
+    blobs: list[bytes]  # the three light images as files
+    truth: np.ndarray | None  # (H, W) bool, or None when the set has no truth for the layer
+
+
+def load_labeled(data: Path, split: str | None = "test") -> list[LabeledLayer]:
+    """Layers of a prepared folder (manifest.csv; `split` of it, all when None) or of a synthetic folder (raw/ and
+    truth/, as `synth` writes)."""
+    data = Path(data)
+    if (data / "manifest.csv").exists():
+        with open(data / "manifest.csv", newline="") as f:
+            rows = [r for r in csv.DictReader(f) if split is None or r["split"] == split]
+        layers = []
+        for row in rows:
+            stack = read_png_array(data / row["image"])  # (H, W, 3), channel k = light k
+            truth = read_png_array(data / row["truth"]) > 0 if row.get("truth") else None
+            layers.append(LabeledLayer(row["layer_id"], [encode_png(stack[:, :, k]) for k in range(3)], truth))
+    elif (data / "raw").is_dir():
+        triplets, _ = group_files(data / "raw")
+        layers = []
+        for t in triplets:
+            truth_path = data / "truth" / f"{t.layer_id}.png"
+            truth = read_png_array(truth_path) > 0 if truth_path.exists() else None
+            layers.append(LabeledLayer(t.layer_id, [p.read_bytes() for p in t.paths], truth))
+    else:
+        raise FileNotFoundError(f"{data} has neither manifest.csv (prepared) nor raw/ (synthetic)")
+    if not layers:
+        raise ValueError(f"no layers in {data}" + (f" for split {split!r}" if split else ""))
+    return layers
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def run_ab_report(
+    client: DefectClient, layers: list[LabeledLayer], models: list[str], requests: int, command: str = ""
+) -> dict[str, Any]:
+    if len(models) < 2:
+        raise ValueError(f"an A/B report needs two variants, got {models}")
+    if requests < 1:
+        raise ValueError(f"requests must be at least 1, got {requests}")
+    per_model: dict[str, dict[str, Any]] = {}
+    masks: dict[str, dict[str, np.ndarray]] = {}
+    decisions: dict[str, dict[str, bool]] = {}
+    for model in models:
+        latencies, masks[model], decisions[model] = [], {}, {}
+        counts = Counts()
+        started = time.perf_counter()
+        for i in range(requests):
+            layer = layers[i % len(layers)]
+            prediction = client.predict(layer.blobs, model, return_mask=True, layer_id=layer.layer_id)
+            latencies.append(prediction.latency_ms)
+            if layer.layer_id not in masks[model]:
+                mask = decode_mask(prediction.answer)
+                masks[model][layer.layer_id] = mask
+                decisions[model][layer.layer_id] = bool(prediction.answer["defect"])
+                if layer.truth is not None:
+                    counts = counts + confusion(mask, layer.truth)
+        seconds = time.perf_counter() - started
+        per_model[model] = {
+            "requests": requests,
+            "p50_ms": percentile(latencies, 50),
+            "p95_ms": percentile(latencies, 95),
+            "p99_ms": percentile(latencies, 99),
+            "throughput_per_s": requests / seconds,
+            "f1_vs_truth": counts.f1() if counts.total else None,
+            "layers_scored": len(masks[model]),
+            "latencies_ms": latencies,
+        }
+    a, b = models[0], models[1]
+    shared = sorted(set(masks[a]) & set(masks[b]))
+    ious = [mask_iou(masks[a][i], masks[b][i]) for i in shared]
+    agreement = {
+        "pair": [a, b],
+        "layers": len(shared),
+        "mask_iou_mean": float(np.mean(ious)),
+        "mask_iou_min": float(np.min(ious)),
+        "decision_agreement": float(np.mean([decisions[a][i] == decisions[b][i] for i in shared])),
+    }
+    return {"command": command, "url": client.url, "models": per_model, "agreement": agreement}
+
+
+def write_report(result: dict[str, Any], report: Path) -> None:
+    rows = [
+        "| variant | requests | p50 ms | p95 ms | p99 ms | layers/s | F1 vs truth |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, r in result["models"].items():
+        f1 = "-" if r["f1_vs_truth"] is None else f"{r['f1_vs_truth']:.3f}"
+        rows.append(
+            f"| {model} | {r['requests']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
+            f"{r['throughput_per_s']:.2f} | {f1} |"
+        )
+    ag = result["agreement"]
+    a, b = ag["pair"]
+    speed = result["models"][a]["p50_ms"] / result["models"][b]["p50_ms"]
+    text = "\n".join(
+        [
+            "# A/B report: the served variants side by side",
+            "",
+            "Produced by `python -m client ab-report`. Regenerate:",
+            "",
+            "```bash",
+            result["command"],
+            "```",
+            "",
+            f"Each variant answered the same layers through the service at {result['url']}, one request at a time "
+            "(latency as the client sees it: HTTP included). F1 is pixel F1 against truth over the distinct layers. "
+            "The machine is shared, so quote ratios.",
+            "",
+            *rows,
+            "",
+            f"Agreement of {b} with {a} over {ag['layers']} layers: mask IoU mean {ag['mask_iou_mean']:.4f} "
+            f"(lowest {ag['mask_iou_min']:.4f}), same defect decision on {ag['decision_agreement']:.1%} of layers; "
+            f"median latency {a} / {b} = {speed:.2f}.",
+            "",
+            f"![latency]({report.with_suffix('').name}.png)",
+            "",
+        ]
+    )
+    write_atomic(report, text.encode())
+    fig, ax = pyplot().subplots(figsize=(6, 3))
+    names = list(result["models"])
+    ax.boxplot([result["models"][m]["latencies_ms"] for m in names], vert=False, tick_labels=names)
+    ax.set_xlabel("latency per request as the client sees it (ms)")
+    fig.tight_layout()
+    save_png(fig, report.with_suffix(".png"))
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    lines = [f"{'variant':<14}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'layers/s':>10}{'F1':>8}"]
+    for model, r in result["models"].items():
+        f1 = "-" if r["f1_vs_truth"] is None else f"{r['f1_vs_truth']:.3f}"
+        lines.append(
+            f"{model:<14}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['throughput_per_s']:>10.2f}{f1:>8}"
+        )
+    ag = result["agreement"]
+    lines.append(
+        f"agreement over {ag['layers']} layers: mask IoU {ag['mask_iou_mean']:.4f} (min {ag['mask_iou_min']:.4f}), "
+        f"decisions {ag['decision_agreement']:.1%}"
+    )
+    return "\n".join(lines)
+
+
+def save(result: dict[str, Any], path: Path) -> None:
+    write_json(path, result)
+
+
+def command_line(argv: list[str]) -> str:
+    return shlex.join(["python", "-m", "client", *argv])

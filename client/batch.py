@@ -1,0 +1,140 @@
+"""Every complete triplet of a folder through the service: the same triplet rules as `prepare` (files named
+<layer_id>_a<k>.<ext>), skipped files reported by reason, a progress bar, JSON lines per layer, a CSV summary and,
+for a person, overlay PNGs.
+
+Results are appended to `<out>.partial` as they come (a crash keeps what was answered) and renamed to `<out>` when
+the batch ends; the CSV is written at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from client.ab import ABClient
+from client.client import DefectClient, ServiceError
+from client.overlay import write_overlay
+from training.images import write_csv
+from training.triplets import group_files
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = (
+    "layer_id", "status", "model", "defect", "max_confidence", "defect_area_pct", "bbox", "components_total",
+    "latency_ms", "attempts", "mask_iou", "decision_agreement", "error",
+)  # fmt: skip
+
+
+@dataclass
+class BatchResult:
+    answered: int = 0
+    failed: int = 0
+    defects: int = 0
+    by_model: Counter = field(default_factory=Counter)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # files that do not form a triplet, with reasons
+
+    def line(self) -> str:
+        models = ", ".join(f"{m} {n}" for m, n in sorted(self.by_model.items()))
+        skipped = Counter(s["reason"] for s in self.skipped)
+        return (
+            f"{self.answered} layers answered ({self.defects} with defects; {models or 'none'}), {self.failed} failed"
+            + (f"; skipped files: {dict(skipped)}" if skipped else "")
+        )
+
+
+def _record(layer_id: str, files: list[str], prediction=None, comparison=None, error: str | None = None) -> dict:
+    record: dict[str, Any] = {"layer_id": layer_id, "files": files}
+    if error is not None:
+        return {**record, "status": "error", "error": error}
+    answer = dict(prediction.answer)
+    answer.pop("mask", None)  # overlays carry the mask for a person; the JSON lines stay small
+    record.update(status="ok", model=prediction.model, latency_ms=round(prediction.latency_ms, 1),
+                  attempts=prediction.attempts, answer=answer)  # fmt: skip
+    if comparison is not None:
+        record["shadow"] = comparison
+    return record
+
+
+def _summary_row(record: dict[str, Any]) -> dict[str, Any]:
+    answer, shadow = record.get("answer", {}), record.get("shadow", {})
+    return {
+        "layer_id": record["layer_id"], "status": record["status"], "model": record.get("model", ""),
+        "defect": answer.get("defect", ""), "max_confidence": answer.get("max_confidence", ""),
+        "defect_area_pct": answer.get("defect_area_pct", ""), "bbox": json.dumps(answer.get("bbox")) if answer else "",
+        "components_total": answer.get("components_total", ""), "latency_ms": record.get("latency_ms", ""),
+        "attempts": record.get("attempts", ""), "mask_iou": shadow.get("mask_iou", ""),
+        "decision_agreement": shadow.get("decision_agreement", ""), "error": record.get("error", ""),
+    }  # fmt: skip
+
+
+def run_batch(
+    router: DefectClient | ABClient,
+    raw_dir: Path,
+    out: Path,
+    summary: Path | None = None,
+    overlays: Path | None = None,
+    concurrency: int = 2,
+    threshold: float | None = None,
+    progress: bool = True,
+) -> BatchResult:
+    """Send every complete triplet of `raw_dir`; write JSON lines to `out`, the CSV to `summary`, overlays to a
+    folder. A layer the service refuses (4xx) or never answers is recorded with its error; the rest go on."""
+    from tqdm import tqdm
+
+    raw_dir, out = Path(raw_dir), Path(out)
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"{raw_dir} is not a folder of layer images")
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    triplets, dropped = group_files(raw_dir)
+    result = BatchResult(skipped=[{"files": list(d.files), "reason": d.reason, "detail": d.detail} for d in dropped])
+    for item in result.skipped:
+        log.warning("skipped %s: %s (%s)", ", ".join(item["files"]), item["reason"], item["detail"])
+    want_mask = overlays is not None
+
+    def one(triplet) -> dict[str, Any]:
+        files = [p.name for p in triplet.paths]
+        try:
+            if isinstance(router, ABClient):
+                prediction, comparison = router.predict(triplet.paths, triplet.layer_id, threshold, want_mask)
+            else:
+                prediction, comparison = (
+                    router.predict(triplet.paths, None, threshold, want_mask, triplet.layer_id),
+                    None,
+                )
+        except (ServiceError, OSError) as err:
+            return _record(triplet.layer_id, files, error=str(err))
+        if overlays is not None:
+            write_overlay(triplet.paths, prediction.answer, overlays / f"{triplet.layer_id}.png")
+        return _record(triplet.layer_id, files, prediction, comparison)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    records = []
+    with open(partial, "w") as sink, ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(one, t) for t in triplets]
+        for future in tqdm(
+            as_completed(futures), total=len(futures), desc="layers", unit="layer", disable=not progress
+        ):
+            record = future.result()
+            sink.write(json.dumps(record) + "\n")
+            sink.flush()
+            records.append(record)
+            if record["status"] == "ok":
+                result.answered += 1
+                result.defects += bool(record["answer"]["defect"])
+                result.by_model[record["model"]] += 1
+            else:
+                result.failed += 1
+                log.error("%s: %s", record["layer_id"], record["error"])
+    os.replace(partial, out)
+    if summary is not None:
+        records.sort(key=lambda r: r["layer_id"])
+        write_csv(summary, SUMMARY_COLUMNS, [_summary_row(r) for r in records])
+    return result

@@ -1,0 +1,182 @@
+"""DefectClient: three images of a layer to the service and its answer back, with retries and the inference key.
+
+Retries: connection errors and HTTP 503 / 507 (a worker restarting or out of resources) are retried with
+exponential backoff and jitter. A key the server calls invalid makes the client re-read the key file once (the
+server rotated it, or restarted with new keys) and try again. Any other 4xx is the caller's mistake: it is raised
+at once with the server's message and not retried.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_KEY_FILE = Path("runs/serve/key_file.json")
+KEY_ENV = "DEFECT_INFERENCE_KEY"
+RETRY_STATUS = frozenset({503, 507})
+
+ImageInput = bytes | str | Path
+
+
+class ServiceError(RuntimeError):
+    """The service refused a request or could not be reached; `status` is the HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+@dataclass(frozen=True)
+class Prediction:
+    model: str  # which model (variant) answered
+    answer: dict[str, Any]  # the service's JSON (docs/response.schema.json)
+    latency_ms: float  # of the successful attempt
+    attempts: int
+    layer_id: str | None = None
+
+
+@dataclass
+class KeySource:
+    """The inference key: given directly, else from the environment variable, else from TorchServe's key file."""
+
+    key: str | None = None
+    key_file: Path | None = None
+    env: str = KEY_ENV
+    _cached: str | None = field(default=None, repr=False)
+
+    def get(self) -> str | None:
+        if self._cached is None:
+            self._cached = self.key or os.environ.get(self.env) or self._from_file()
+        return self._cached
+
+    def reload(self) -> bool:
+        """Re-read the key file; True when it now gives a different key."""
+        if self.key_file is None:
+            return False
+        old, self._cached = self._cached, None
+        try:
+            return self.get() != old
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def _from_file(self) -> str | None:
+        if self.key_file is None:
+            return None
+        import json
+
+        return json.loads(Path(self.key_file).read_text())["inference"]["key"]
+
+
+def _read(image: ImageInput) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()
+
+
+class DefectClient:
+    """`DefectClient(url, model).predict([a0, a1, a2])` -> Prediction. Images are bytes or file paths."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        model: str = "defect_int8",
+        key: str | None = None,
+        key_file: str | Path | None = None,
+        timeout: float = 120.0,
+        retries: int = 5,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 10.0,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        seed: int | None = None,
+    ) -> None:
+        if retries < 0 or backoff_s < 0 or timeout <= 0:
+            raise ValueError(f"retries and backoff must be >= 0 and timeout > 0; got {retries}, {backoff_s}, {timeout}")
+        self.url = url.rstrip("/")
+        self.model = model
+        self.keys = KeySource(key, Path(key_file) if key_file else None)
+        self.timeout, self.retries = timeout, retries
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self.session = session or requests.Session()
+        self._sleep, self._random = sleep, random.Random(seed)
+
+    def delay(self, attempt: int) -> float:
+        """Backoff before retry `attempt` (1, 2, ...): exponential, capped, with jitter over its upper half."""
+        base = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return base / 2 + self._random.uniform(0, base / 2)
+
+    def predict(
+        self,
+        images: Sequence[ImageInput],
+        model: str | None = None,
+        threshold: float | None = None,
+        return_mask: bool = True,
+        layer_id: str | None = None,
+    ) -> Prediction:
+        """Answer for one layer from `model` (default: the client's). Raises ServiceError when refused or when
+        every retry failed."""
+        if len(images) != 3:
+            raise ValueError(f"a layer needs three images (one per light), got {len(images)}")
+        model = model or self.model
+        blobs = [_read(image) for image in images]
+        fields = {"return_mask": "true" if return_mask else "false"}
+        if threshold is not None:
+            fields["threshold"] = str(threshold)
+        attempt, reloaded, last = 0, False, "no attempt made"
+        while attempt <= self.retries:
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                response = self.session.post(
+                    f"{self.url}/predictions/{model}",
+                    files={f"angle{k}": (f"angle{k}", blob) for k, blob in enumerate(blobs)},
+                    data=fields,
+                    headers=self._headers(),
+                    timeout=self.timeout,
+                )
+            except (requests.ConnectionError, requests.Timeout) as err:
+                last = f"{type(err).__name__}: {err}"
+            else:
+                latency = (time.perf_counter() - started) * 1e3
+                body = _json(response)
+                if response.status_code == 200:
+                    return Prediction(model, body, latency, attempt, layer_id)
+                message = body.get("message") or response.text[:200]
+                if body.get("type") == "InvalidKeyException":
+                    if not reloaded and self.keys.reload():
+                        reloaded, attempt = True, attempt - 1  # a fresh key: this try does not count
+                        continue
+                    if self.keys.key_file is None:
+                        raise ServiceError(f"{model}: the inference key was refused: {message}", response.status_code)
+                    last = f"HTTP {response.status_code}: {message} (key file {self.keys.key_file})"
+                elif response.status_code in RETRY_STATUS:
+                    last = f"HTTP {response.status_code}: {message}"
+                else:
+                    raise ServiceError(f"{model}: HTTP {response.status_code}: {message}", response.status_code,
+                                       body.get("reason"))  # fmt: skip
+            reloaded = False
+            if attempt <= self.retries:
+                self.keys.reload()  # a restarted server has new keys
+                self._sleep(self.delay(attempt))
+        raise ServiceError(f"{model}: no answer after {attempt} attempt(s); last: {last}")
+
+    def _headers(self) -> dict[str, str]:
+        try:
+            key = self.keys.get()
+        except (OSError, ValueError, KeyError):
+            key = None  # the key file is missing while the server restarts: the server will say so
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _json(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
