@@ -41,8 +41,9 @@ demo: setup
 	$(PY) -m training archive --checkpoint runs/demo/checkpoint.pt --out model_store
 	@$(PY) -m training stop > /dev/null  # a server left by an earlier demo
 	$(PY) -m training serve --probe $(DEMO_LAYER)_a0.png $(DEMO_LAYER)_a1.png $(DEMO_LAYER)_a2.png
+	$(PY) -m client ab-report --data $(DEMO)/processed --split test --requests 16 --report runs/demo/ab_report.md
 	@echo "demo done: label quality in $(DEMO)/report/label_quality.md; model, curves and results in runs/demo/;"
-	@echo "archives in model_store/; TorchServe still running: make stop"
+	@echo "archives in model_store/; A/B report in runs/demo/ab_report.md; TorchServe still running: make stop"
 
 # TorchServe with both variants in the background (archives built from runs/demo when model_store lacks them).
 SERVE_CHECKPOINT ?= runs/demo/checkpoint.pt
@@ -92,10 +93,12 @@ results-train: results-data
 results: results-train
 	$(MAKE) results-docs
 
-# The documents from existing runs: results (both models vs truth), int8 agreement, CPU benchmarks, serving latency.
+# The documents from existing runs: results (both models vs truth), int8 agreement, CPU benchmarks, serving latency,
+# the A/B report.
 results-docs: setup
 	$(PY) -m training evaluate --checkpoint runs/results-heuristic/checkpoint.pt --checkpoint runs/results-truth/checkpoint.pt --report docs/results.md
 	$(PY) -m training quantize --checkpoint runs/results-truth/checkpoint.pt --report docs/quantization.md --sweep 4,8,16,32,64
 	$(PY) -m training bench --checkpoint runs/results-truth/checkpoint.pt --json runs/results-truth/bench.json
 	$(PY) -m training archive --checkpoint runs/results-truth/checkpoint.pt --out runs/results-truth/model_store
 	$(PY) -m bench serving --model-store runs/results-truth/model_store --json runs/results-truth/serving.json
+	$(PY) -m client ab-report --model-store runs/results-truth/model_store --data $(RESULTS)/processed --requests 100 --json runs/results-truth/ab_report.json

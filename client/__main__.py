@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -70,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=50, help="requests per variant (default: 50)")
     p.add_argument("--report", type=Path, default=Path("docs/ab_report.md"), help="default: docs/ab_report.md")
     p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    p.add_argument(
+        "--model-store",
+        type=Path,
+        help="start a TorchServe of these archives on free loopback ports for "
+        "the report and stop it afterwards (default: use the server at --url)",
+    )
     _common(p)
     return parser  # fmt: skip
 
@@ -131,7 +138,25 @@ def run_ab_report_command(args: argparse.Namespace, argv: list[str]) -> str:
 
     layers = load_labeled(args.data, None if args.split == "all" else args.split)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    result = run_ab_report(make_client(args), layers, models, args.requests, command_line(argv))
+    server = None
+    if args.model_store:
+        import tempfile
+
+        from training.torchserve import LISTENERS, free_port, start
+
+        home = Path(tempfile.mkdtemp(prefix="ab-report-"))
+        server = start(
+            args.model_store, home, tuple(models), ports={n: free_port() for n in LISTENERS}, foreground=True
+        )
+        args.url, args.key_file, args.key = server.urls["inference"], server.key_file, None
+    try:
+        result = run_ab_report(make_client(args), layers, models, args.requests, command_line(argv))
+        if server is not None:
+            result["service"] = f"a TorchServe of {args.model_store} started on loopback for this report"
+    finally:
+        if server is not None:
+            server.stop()
+            shutil.rmtree(server.home, ignore_errors=True)
     write_report(result, args.report)
     if args.json:
         save(result, args.json)
@@ -150,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     except ServiceError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(message)
