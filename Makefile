@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: setup java demo serve stop test lint format label-report results results-data results-train results-docs clean
+.PHONY: setup java browser-deps chromium demo serve stop web test lint format label-report results results-data results-train results-docs clean
 
 setup: $(STAMP) java
 
@@ -55,8 +55,32 @@ serve: setup
 stop: $(STAMP)
 	$(PY) -m training stop
 
-test: setup lint
+# The inspection page on http://127.0.0.1:8000 for the server of `make serve` (Ctrl-C stops it).
+web: $(STAMP)
+	$(PY) -m web --port 8000 --inference-url http://127.0.0.1:8080 --key-file runs/serve/key_file.json
+
+test: setup lint browser-deps
 	$(PY) -m pytest
+
+# The browser tests drive Debian's chromium (never a browser a test tool downloads) with Playwright, and check
+# accessibility with axe-core, fetched from the npm registry and checked against its published sha512.
+AXE_VERSION := 4.14.1
+AXE_SHA512 := FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ==
+AXE := $(VENV)/axe-core/axe.min.js
+browser-deps: chromium $(AXE)
+
+chromium:
+	@if [ -x /usr/bin/chromium ]; then \
+		true; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "chromium not found: installing Debian's chromium with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "error: the browser tests need Debian's chromium at /usr/bin/chromium: sudo apt-get install chromium"; exit 1; \
+	fi
+
+$(AXE): $(STAMP)
+	$(PY) -m web.vendor axe-core $(AXE_VERSION) $(AXE_SHA512) $@
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -166,9 +166,11 @@ def start(
     config: Path = CONFIG,
     foreground: bool = False,
     timeout: float = 180.0,
+    overrides: dict[str, str] | None = None,
 ) -> Server:
     """TorchServe with `config`, the archives `<model>.mar` of `model_store`, and its files under `home`. Ports
-    default to the config's; `foreground` keeps it a child of this process (the tests' way)."""
+    default to the config's; `foreground` keeps it a child of this process (the tests' way); `overrides` replace
+    further settings (e.g. the CORS origin of a page on another port)."""
     home, model_store = Path(home).resolve(), Path(model_store).resolve()
     for model in models:
         if not (model_store / f"{model}.mar").exists():
@@ -192,6 +194,7 @@ def start(
         for name in GRPC_LISTENERS:
             changes[f"{name}_port"] = str(ports.get(name) or free_port())
         changes["initial_worker_port"] = str(ports.get("workers", ports["inference"] + 1000))
+    changes.update(overrides or {})
     (home / "config.properties").write_text(render_config(config, changes))
     server = Server(home, urls, tuple(models))
     command = [_torchserve(), "--start", "--ncs", "--ts-config", str(home / "config.properties")]

@@ -1,0 +1,205 @@
+// Layer inspection page: three light images -> the defect detection service -> pass/fail, overlay, summary.
+// Requests go to the page's own server (same origin), which passes them to TorchServe with the inference key;
+// /config gives the model names and the service's address.
+"use strict";
+
+const LIGHTS = [0, 1, 2];
+const VARIANT_NAMES = { fp32: "float32", int8: "int8" };
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+async function serviceConfig() {
+  const response = await fetch("/config", { cache: "no-store" });
+  if (!response.ok) {
+    throw new Error(`The page's server did not give its settings (HTTP ${response.status}).`);
+  }
+  return response.json();
+}
+
+function chosenFiles() {
+  return LIGHTS.map((k) => {
+    const input = $(`#angle${k}`);
+    if (!input.files.length) {
+      throw new Error(`Choose an image for light ${k}.`);
+    }
+    return input.files[0];
+  });
+}
+
+async function predict(model, files) {
+  const form = new FormData();
+  files.forEach((file, k) => form.append(`angle${k}`, file, file.name));
+  const started = performance.now();
+  let response;
+  try {
+    response = await fetch(`/predictions/${model}`, { method: "POST", body: form });
+  } catch (err) {
+    throw new Error(`The page's server did not answer (${err.message}). Is it running (make web)?`);
+  }
+  const latency = performance.now() - started;
+  let body = {};
+  try {
+    body = await response.json();
+  } catch (err) {
+    body = {};
+  }
+  if (!response.ok) {
+    const why = body.message || response.statusText || "no reason given";
+    throw new Error(`The service refused the images (HTTP ${response.status}): ${why}`);
+  }
+  return { answer: body, latency };
+}
+
+function decodeBase64(data) {
+  const bytes = atob(data);
+  const out = new Uint8Array(bytes.length);
+  for (let i = 0; i < bytes.length; i += 1) out[i] = bytes.charCodeAt(i);
+  return out;
+}
+
+async function pixelsOf(blob, width, height) {
+  // Gray values (the red channel) of an image scaled to width x height; null when the browser cannot decode it.
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(blob);
+  } catch (err) {
+    return null; // TIFF, for instance: browsers do not decode it
+  }
+  const canvas = new OffscreenCanvas(width, height);
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0, width, height);
+  return context.getImageData(0, 0, width, height).data;
+}
+
+async function maskOf(answer) {
+  const { width, height, data } = answer.mask;
+  const pixels = await pixelsOf(new Blob([decodeBase64(data)], { type: "image/png" }), width, height);
+  const mask = new Uint8Array(width * height);
+  for (let i = 0; i < mask.length; i += 1) mask[i] = pixels[4 * i] > 127 ? 1 : 0;
+  return mask;
+}
+
+async function drawOverlay(canvas, files, answer, mask) {
+  const { width, height } = answer.mask;
+  canvas.width = width;
+  canvas.height = height;
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(width, height);
+  const lights = await Promise.all(files.map((file) => pixelsOf(file, width, height)));
+  const decoded = lights.every((p) => p !== null);
+  for (let i = 0; i < width * height; i += 1) {
+    for (let c = 0; c < 3; c += 1) image.data[4 * i + c] = decoded ? lights[c][4 * i] : 96; // channel k = light k
+    image.data[4 * i + 3] = 255;
+  }
+  const inside = (x, y) => x >= 0 && y >= 0 && x < width && y < height && mask[y * width + x] === 1;
+  for (let y = 0; y < height; y += 1) {
+    for (let x = 0; x < width; x += 1) {
+      if (!inside(x, y)) continue;
+      const i = 4 * (y * width + x);
+      const edge = !inside(x - 1, y) || !inside(x + 1, y) || !inside(x, y - 1) || !inside(x, y + 1);
+      const keep = edge ? 0 : 0.5;
+      image.data[i] = Math.round(keep * image.data[i] + (1 - keep) * 255);
+      image.data[i + 1] = Math.round(keep * image.data[i + 1]);
+      image.data[i + 2] = Math.round(keep * image.data[i + 2] + (1 - keep) * 255);
+    }
+  }
+  context.putImageData(image, 0, 0);
+  if (answer.bbox) {
+    const [x, y, w, h] = answer.bbox;
+    context.strokeStyle = "rgb(255, 255, 0)";
+    context.lineWidth = 1;
+    context.strokeRect(x - 0.5, y - 0.5, w + 1, h + 1); // just outside the box, so it never hides a defect pixel
+  }
+  const regions = answer.components_total;
+  canvas.setAttribute(
+    "aria-label",
+    answer.defect
+      ? `The layer with ${regions} defect region${regions === 1 ? "" : "s"} outlined in magenta`
+      : "The layer; no defect outlined",
+  );
+  canvas.dataset.decoded = decoded ? "true" : "false";
+}
+
+function decisionText(answer) {
+  return answer.defect ? "Fail: defects found" : "Pass: no defects found";
+}
+
+function fillSummary(panel, answer, latency) {
+  const fields = {
+    decision: answer.defect ? "Fail (defect found)" : "Pass (no defect)",
+    max_confidence: answer.max_confidence.toFixed(3),
+    defect_area_pct: `${answer.defect_area_pct.toFixed(2)} % (${answer.defect_area_px} px)`,
+    bbox: answer.bbox ? answer.bbox.join(", ") : "none",
+    components: String(answer.components_total),
+    variant: `${VARIANT_NAMES[answer.model.variant] || answer.model.variant} (${answer.model.name}, version ${answer.model.version})`,
+    latency: `${Math.round(latency)} ms (model ${Math.round(answer.timing_ms.inference)} ms)`,
+  };
+  for (const [name, text] of Object.entries(fields)) $(`[data-field="${name}"]`, panel).textContent = text;
+}
+
+function maskIou(a, b) {
+  let both = 0;
+  let either = 0;
+  for (let i = 0; i < a.length; i += 1) {
+    both += a[i] & b[i];
+    either += a[i] | b[i];
+  }
+  return either === 0 ? 1 : both / either;
+}
+
+async function inspect(event) {
+  event.preventDefault();
+  const verdict = $("#verdict");
+  const error = $("#error");
+  const button = $("#submit");
+  error.textContent = "";
+  verdict.textContent = "";
+  button.disabled = true;
+  button.setAttribute("aria-busy", "true");
+  try {
+    const files = chosenFiles();
+    const config = await serviceConfig();
+    const choice = $('input[name="variant"]:checked').value;
+    const variants = choice === "both" ? ["fp32", "int8"] : [choice];
+    verdict.textContent = "Inspecting the layer...";
+    const results = [];
+    for (const variant of variants) {
+      results.push({ variant, ...(await predict(config.models[variant], files)) });
+    }
+    const panels = $("#panels");
+    panels.replaceChildren();
+    const masks = [];
+    for (const { variant, answer, latency } of results) {
+      const panel = $("#panel-template").content.firstElementChild.cloneNode(true);
+      panel.dataset.variant = variant;
+      $(".panel-title", panel).textContent = VARIANT_NAMES[variant];
+      fillSummary(panel, answer, latency);
+      panels.append(panel);
+      const mask = await maskOf(answer);
+      masks.push(mask);
+      await drawOverlay($("canvas", panel), files, answer, mask);
+    }
+    const agreement = $("#agreement");
+    if (results.length === 2) {
+      const [a, b] = results.map((r) => r.answer);
+      const same = a.defect === b.defect;
+      agreement.textContent = `The variants ${same ? "agree" : "disagree"} on the decision; mask IoU between them ${maskIou(masks[0], masks[1]).toFixed(3)}.`;
+    } else {
+      agreement.textContent = "";
+    }
+    $("#results").hidden = false;
+    verdict.textContent = results
+      .map(({ variant, answer }) => `${decisionText(answer)} (${VARIANT_NAMES[variant]}${answer.defect ? `, ${answer.defect_area_pct.toFixed(2)} % of the layer` : ""}).`)
+      .join(" ");
+  } catch (err) {
+    verdict.textContent = "";
+    error.textContent = err.message;
+  } finally {
+    button.disabled = false;
+    button.removeAttribute("aria-busy");
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#inspect").addEventListener("submit", inspect);
+});
