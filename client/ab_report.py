@@ -154,7 +154,7 @@ def write_report(result: dict[str, Any], report: Path) -> None:
     write_atomic(report, text.encode())
     fig, ax = pyplot().subplots(figsize=(6, 3))
     names = list(result["models"])
-    ax.boxplot([result["models"][m]["latencies_ms"] for m in names], vert=False, tick_labels=names)
+    ax.boxplot([result["models"][m]["latencies_ms"] for m in names], orientation="horizontal", tick_labels=names)
     ax.set_xlabel("latency per request as the client sees it (ms)")
     fig.tight_layout()
     save_png(fig, report.with_suffix(".png"))
