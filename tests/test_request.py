@@ -76,3 +76,10 @@ def test_layer_errors_map_to_statuses():
     assert error.code == 400 and error.to_dict() == {
         "code": 400, "type": "BadRequest", "reason": "size_mismatch", "message": "sizes differ"
     }  # fmt: skip
+
+
+def test_text_and_json_parts_are_refused_as_images_not_crashed_on():
+    blobs, _, _ = parse_request({"angle0": "some text", "angle1": b"b", "angle2": b"c"})
+    assert blobs[0] == b"some text"  # the decoder then calls it unreadable
+    err = refused({"angle0": {"a": 1}, "angle1": b"b", "angle2": b"c"})
+    assert err.reason == "unreadable" and "angle0" in str(err)

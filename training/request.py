@@ -53,6 +53,17 @@ def flag(value: Any, name: str) -> bool:
     raise BadRequest(f"{name} must be true or false, got {_text(value)[:40]!r}", "invalid_option")
 
 
+def _blob(value: Any, name: str) -> bytes:
+    """A multipart field's content as bytes: a file arrives as bytes; a text field as str (decoded by TorchServe)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", errors="surrogateescape")  # the decoder will say it is not an image
+    raise BadRequest(
+        f"{name} arrived as {type(value).__name__} (sent with a JSON content type?), not as an image file", "unreadable"
+    )
+
+
 def _b64(value: Any, name: str) -> bytes:
     if not isinstance(value, str):
         raise BadRequest(f"{name} must be a base64 string, got {type(value).__name__}", "invalid_base64")
@@ -81,11 +92,16 @@ def parse_request(request: dict[str, Any]) -> tuple[list[bytes], list[str], dict
             raise BadRequest(
                 f"missing image field(s) {missing}; a layer needs {', '.join(IMAGE_FIELDS)}", "image_count"
             )
-        return [bytes(request[k]) for k in IMAGE_FIELDS], list(IMAGE_FIELDS), options
+        return [_blob(request[k], k) for k in IMAGE_FIELDS], list(IMAGE_FIELDS), options
     body = request.get("body", request.get("data"))
     if body is None:
         raise BadRequest(
             f'no images: send multipart fields {", ".join(IMAGE_FIELDS)} or a JSON body {{"images": [b64, b64, b64]}}',
+            "image_count",
+        )
+    if isinstance(body, (bytes, bytearray)) and not body.strip():
+        raise BadRequest(
+            f'the request is empty: send multipart fields {", ".join(IMAGE_FIELDS)} or a JSON body {{"images": [b64, b64, b64]}}',
             "image_count",
         )
     if isinstance(body, (bytes, bytearray)):
