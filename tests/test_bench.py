@@ -37,3 +37,21 @@ def test_bench_command_writes_the_report(tiny_run, tmp_path, repo_root):
     text = report.read_text()
     assert "python -m training bench" in text and "| static int8 FX frozen |" in text
     assert (tmp_path / "bench.png").stat().st_size > 1000
+    # rewriting the report from the raw figures keeps the serving section that `python -m bench matrix` added
+    from training.bench import SERVING_MARKER
+
+    report.write_text(report.read_text() + f"\n{SERVING_MARKER}\n## Serving over HTTP\nkept\n")
+    again = [
+        sys.executable,
+        "-m",
+        "training",
+        "bench",
+        "--from-json",
+        str(tmp_path / "bench.json"),
+        "--report",
+        str(report),
+    ]
+    assert subprocess.run(again, cwd=repo_root, capture_output=True, timeout=120).returncode == 0
+    text = report.read_text()
+    assert text.count(SERVING_MARKER) == 1 and text.endswith("## Serving over HTTP\nkept\n")
+    assert "| static int8 FX frozen |" in text

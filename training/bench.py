@@ -254,6 +254,9 @@ def _ceiling(result: dict[str, Any], eager: dict, ort8: dict) -> list[str]:
     ]
 
 
+SERVING_MARKER = "<!-- serving over HTTP: written by `python -m bench matrix`, kept by `python -m training bench` -->"
+
+
 def write_report(result: dict[str, Any], report: Path) -> None:
     rows = result["rows"]
     shapes = sorted({(r["size"], r["batch"], r["threads"]) for r in rows})
@@ -333,6 +336,8 @@ def write_report(result: dict[str, Any], report: Path) -> None:
             "",
         ]
     )
+    if report.exists() and SERVING_MARKER in report.read_text():  # the serving section of `python -m bench matrix`
+        text += "\n" + SERVING_MARKER + report.read_text().split(SERVING_MARKER, 1)[1]
     write_atomic(report, text.encode())
     fig, ax = pyplot().subplots(figsize=(7, 3.8))
     names = [v for v in variants if ref.get(v)]

@@ -1,0 +1,290 @@
+"""Load, faults and the serving matrix against a real TorchServe on loopback, bounded in count and time.
+
+- load: `requests` layers per variant at `concurrency`, through the factory client: errors, p50/p95/p99,
+  throughput, and the frontend's and workers' resident memory before (after a warm-up) and after;
+- fault: a worker SIGKILLed while the load runs: requests lost (with the client's retries), how long until the
+  first answer after the kill, and until TorchServe reports a new worker ready;
+- matrix: fp32 and int8 x batchSize 1 and 4 x one worker with two threads or two workers with one thread, each at
+  concurrency 1, 4 and 8, beside the model alone with the same threads (archives rebuilt per setting).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.serving import model_latency, synthetic_layer
+from client.client import DefectClient, ServiceError
+from training.archive import build_archive, check_variants, model_name
+from training.bench import SERVING_MARKER
+from training.images import encode_png
+from training.serving import ServingConfig
+from training.torchserve import LISTENERS, Server, free_port, start
+
+log = logging.getLogger(__name__)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values)
+    return {f"p{q}_ms": float(np.percentile(array, q)) for q in (50, 95, 99)}
+
+
+def memory_mb(server: Server) -> dict[str, float]:
+    """Resident memory of the TorchServe frontend (Java) and of its Python workers, in MB."""
+    import psutil
+
+    frontend = workers = 0.0
+    for process in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            rss = process.memory_info().rss / 1e6
+            command = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        if "java" in process.name():
+            frontend += rss
+        elif "model_service_worker" in command:
+            workers += rss
+    return {"frontend_mb": round(frontend, 1), "workers_mb": round(workers, 1)}
+
+
+def worker_pids(server: Server, model: str) -> list[int]:
+    import requests
+
+    answer = requests.get(f"{server.urls['management']}/models/{model}",
+                          headers={"Authorization": f"Bearer {server.keys()['management']}"}, timeout=10)  # fmt: skip
+    return [w["pid"] for w in answer.json()[0]["workers"] if w.get("status") == "READY"]
+
+
+def drive(server: Server, model: str, layers: list[list[bytes]], requests: int, concurrency: int,
+          on_progress=None) -> dict[str, Any]:  # fmt: skip
+    """`requests` predictions at `concurrency`, one client (and HTTP session) per thread, with retries."""
+    local = threading.local()
+    latencies: list[float] = []
+    ends: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        if not hasattr(local, "client"):
+            local.client = DefectClient(server.urls["inference"], model, key_file=server.key_file, retries=30,
+                                        backoff_s=0.1, max_backoff_s=1.0)  # fmt: skip
+        try:
+            prediction = local.client.predict(layers[i % len(layers)], return_mask=True, layer_id=str(i))
+        except ServiceError as err:
+            with lock:
+                errors.append(str(err))
+            return
+        with lock:
+            latencies.append(prediction.latency_ms)
+            ends.append(time.monotonic())
+            if on_progress:
+                on_progress(len(latencies))
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(requests)))
+    seconds = time.monotonic() - started
+    return {"requests": requests, "concurrency": concurrency, "errors": len(errors), "error_samples": errors[:3],
+            "seconds": round(seconds, 2), "throughput_per_s": len(latencies) / seconds, **percentiles(latencies),
+            "ends": ends}  # fmt: skip
+
+
+def load_and_fault(store: Path, models: tuple[str, ...], size: int, requests: int, concurrency: int) -> dict:
+    layers = [[encode_png(im) for im in synthetic_layer(size, index=i)] for i in range(4)]
+    result: dict[str, Any] = {"size": size, "load": {}, "fault": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
+        server = start(store, Path(tmp) / "home", models, ports={n: free_port() for n in LISTENERS}, foreground=True)
+        try:
+            for model in models:
+                drive(server, model, layers, min(2 * concurrency, requests), concurrency)  # warm-up
+                before = memory_mb(server)
+                run = drive(server, model, layers, requests, concurrency)
+                run.pop("ends")
+                after = memory_mb(server)
+                growth = {k: (after[k] - before[k]) / before[k] for k in before if before[k]}
+                result["load"][model] = {**run, "memory_before": before, "memory_after": after, "growth": growth}
+                log.info("%s: %d requests, %d errors, p50 %.1f ms, %.1f/s, memory %s -> %s", model, requests,
+                         run["errors"], run["p50_ms"], run["throughput_per_s"], before, after)  # fmt: skip
+            model = models[-1]
+            victim = worker_pids(server, model)[0]
+            killed: dict[str, float] = {}
+
+            def kill_after(done: int) -> None:
+                if done == max(4, requests // 10) and not killed:
+                    os.kill(victim, signal.SIGKILL)
+                    killed["at"] = time.monotonic()
+
+            run = drive(server, model, layers, requests, concurrency, on_progress=kill_after)
+            first_after = min((t for t in run.pop("ends") if t > killed["at"]), default=float("nan"))
+            ready = None
+            while ready is None and time.monotonic() < killed["at"] + 180:
+                pids = worker_pids(server, model)
+                ready = time.monotonic() if pids and victim not in pids else None
+                time.sleep(0.1)
+            result["fault"] = {
+                "model": model, "requests": requests, "lost": run["errors"],
+                "first_answer_after_kill_s": round(first_after - killed["at"], 2),
+                "worker_ready_after_kill_s": round(ready - killed["at"], 2) if ready else None,
+                "p99_ms": run["p99_ms"],
+            }  # fmt: skip
+            log.info("fault: %s", result["fault"])
+        finally:
+            server.stop()
+    return result
+
+
+def matrix(checkpoint: Path, size: int, requests: int, concurrencies: list[int], cores: int = 2) -> list[dict]:
+    files = check_variants(checkpoint)
+    layers = [[encode_png(im) for im in synthetic_layer(size, index=i)] for i in range(4)]
+    stack = np.stack(synthetic_layer(size, index=0), axis=-1)
+    rows = []
+    for variant, weights in files.items():
+        for batch in (1, 4):
+            for workers in (1, cores):
+                serving = ServingConfig(min_workers=workers, max_workers=workers, batch_size=batch,
+                                        torch_threads=max(1, cores // workers))  # fmt: skip
+                name = model_name(variant)
+                with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
+                    store = Path(tmp) / "store"
+                    build_archive(weights, store, name, serving, "1.0")
+                    server = start(store, Path(tmp) / "home", (name,), ports={n: free_port() for n in LISTENERS},
+                                   foreground=True)  # fmt: skip
+                    try:
+                        drive(server, name, layers, 8, max(concurrencies))  # warm-up
+                        for concurrency in concurrencies:
+                            run = drive(server, name, layers, requests, concurrency)
+                            run.pop("ends")
+                            rows.append({"variant": variant, "batch": batch, "workers": workers,
+                                         "threads": serving.torch_threads, **run})  # fmt: skip
+                            log.info("%s b%d w%d t%d c%d: p50 %.1f ms, %.2f/s, %d errors", variant, batch, workers,
+                                     serving.torch_threads, concurrency, run["p50_ms"], run["throughput_per_s"],
+                                     run["errors"])  # fmt: skip
+                    finally:
+                        server.stop()
+                alone = model_latency(weights, serving, stack, 10, 30.0)
+                for row in rows:
+                    if (row["variant"], row["batch"], row["workers"]) == (variant, batch, workers):
+                        row["model_p50_ms"] = alone["median_ms"]
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict[str, Any]:
+    """The issue's two ratios: best int8 over best fp32 throughput; HTTP p50 / model p50 at concurrency 1."""
+    best = {
+        v: max((r for r in rows if r["variant"] == v), key=lambda r: r["throughput_per_s"]) for v in ("fp32", "int8")
+    }
+    single = [r for r in rows if r["concurrency"] == 1 and r["batch"] == 1]
+    return {
+        "throughput_ratio": best["int8"]["throughput_per_s"] / best["fp32"]["throughput_per_s"],
+        "best": best,
+        "overhead": {
+            f"{r['variant']} w{r['workers']} t{r['threads']}": r["p50_ms"] / r["model_p50_ms"] for r in single
+        },
+        "median_overhead": statistics.median(r["p50_ms"] / r["model_p50_ms"] for r in single),
+    }
+
+
+def store_from_checkpoint(checkpoint: Path, folder: Path, serving: ServingConfig = ServingConfig()) -> Path:
+    for variant, weights in check_variants(checkpoint).items():
+        build_archive(weights, folder, model_name(variant), serving, "1.0")
+    return folder
+
+
+def reliability_report(result: dict[str, Any], command: str, cpu: dict[str, Any]) -> str:
+    rows = ["| variant | requests | concurrency | errors | p50 ms | p95 ms | p99 ms | layers/s | frontend MB before → after | "
+            "workers MB before → after |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for model, r in result["load"].items():
+        b, a = r["memory_before"], r["memory_after"]
+        rows.append(
+            f"| {model} | {r['requests']} | {r['concurrency']} | {r['errors']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {r['throughput_per_s']:.2f} | {b['frontend_mb']:.0f} → {a['frontend_mb']:.0f} "
+            f"({r['growth'].get('frontend_mb', 0):+.1%}) | {b['workers_mb']:.0f} → {a['workers_mb']:.0f} "
+            f"({r['growth'].get('workers_mb', 0):+.1%}) |"
+        )
+    f = result["fault"]
+    return "\n".join([
+        "# Reliability: load and a killed worker, against a real TorchServe",
+        "",
+        "Produced by `python -m bench load`. Regenerate:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Machine: {cpu.get('model', 'unknown CPU')}, {cpu.get('cores')} cores. TorchServe with the repository's "
+        f"config.properties and the archives' default settings (one worker per variant, one torch thread), on "
+        f"loopback; synthetic {result['size']}x{result['size']} layers (three 8-bit PNGs) sent by the factory client "
+        "(`client.DefectClient`, retries on connection errors and 503/507), one HTTP session per thread. Memory is the "
+        "resident set of the Java frontend and of the Python workers, after a warm-up and after the load.",
+        "",
+        "## Load",
+        "",
+        *rows,
+        "",
+        "## A worker killed under load",
+        "",
+        f"While {f['requests']} requests ran against {f['model']}, its worker was killed with SIGKILL after a tenth of "
+        f"them were answered. Requests lost: **{f['lost']}**. The first answer after the kill came "
+        f"{f['first_answer_after_kill_s']:.1f} s later; TorchServe reported a new worker ready after "
+        f"{f['worker_ready_after_kill_s']} s. p99 latency of that run: {f['p99_ms']:.0f} ms.",
+        "",
+        "Stopping and starting the whole server under a running batch is tested by `tests/test_client.py` (no layer "
+        "lost, the client re-reads the new keys).",
+        "",
+    ])  # fmt: skip
+
+
+def matrix_section(rows: list[dict], summary: dict[str, Any], command: str, size: int) -> str:
+    concurrencies = sorted({r["concurrency"] for r in rows})
+    head = "| variant | batchSize | workers x threads | " + " | ".join(
+        f"c{c} p50 ms | c{c} layers/s" for c in concurrencies) + " | model alone ms | HTTP p50 c1 / model |"  # fmt: skip
+    table = [head, "|---|---|---|" + "---|---|" * len(concurrencies) + "---|---|"]
+    for key in dict.fromkeys((r["variant"], r["batch"], r["workers"], r["threads"]) for r in rows):
+        cells = {r["concurrency"]: r for r in rows if (r["variant"], r["batch"], r["workers"], r["threads"]) == key}
+        c1 = cells[concurrencies[0]]
+        table.append(
+            f"| {key[0]} | {key[1]} | {key[2]} x {key[3]} | "
+            + " | ".join(f"{cells[c]['p50_ms']:.1f} | {cells[c]['throughput_per_s']:.2f}" for c in concurrencies)
+            + f" | {c1['model_p50_ms']:.1f} | {c1['p50_ms'] / c1['model_p50_ms']:.2f} |"
+        )
+    best = summary["best"]
+    return "\n".join([
+        SERVING_MARKER,
+        "",
+        f"## Serving over HTTP ({size}², a real TorchServe on loopback)",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        "Each row is one TorchServe setting (archives rebuilt with that batchSize, workers and torch threads per "
+        "worker, so workers x threads = the 2 cores); each cell sends the same synthetic layers through the factory "
+        "client at that concurrency; 'model alone' is the same weights with the same threads in one process.",
+        "",
+        *table,
+        "",
+        f"- int8 serving throughput vs fp32, best setting of each: **{summary['throughput_ratio']:.1f}x** "
+        f"({best['int8']['throughput_per_s']:.2f} vs {best['fp32']['throughput_per_s']:.2f} layers/s)",
+        f"- HTTP p50 / model p50 at concurrency 1, batchSize 1: median **{summary['median_overhead']:.2f}** "
+        f"({', '.join(f'{k}: {v:.2f}' for k, v in summary['overhead'].items())})",
+        "",
+    ])  # fmt: skip
+
+
+def replace_section(report: Path, section: str) -> None:
+    """Put `section` at the end of the report, in place of an earlier one (from SERVING_MARKER on)."""
+    from training.images import write_atomic
+
+    text = report.read_text() if report.exists() else ""
+    head = text.split(SERVING_MARKER)[0].rstrip() + "\n\n"
+    write_atomic(report, (head + section).encode())

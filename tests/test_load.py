@@ -1,0 +1,38 @@
+"""Load and a killed worker at a size that fits the test suite (`python -m bench load` runs the full 2,000)."""
+
+import pytest
+
+from bench.load import load_and_fault, matrix_section, replace_section, summarize
+from training.bench import SERVING_MARKER
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
+
+
+def test_load_without_errors_or_memory_growth_and_a_killed_worker_loses_nothing(tiny_store):
+    result = load_and_fault(tiny_store, ("defect_fp32", "defect_int8"), size=128, requests=96, concurrency=8)
+    for model, run in result["load"].items():
+        assert run["errors"] == 0, (model, run["error_samples"])
+        assert run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]
+        for part, growth in run["growth"].items():
+            assert growth < 0.10, f"{model} {part} grew {growth:.1%} under load"
+    fault = result["fault"]
+    assert fault["lost"] == 0
+    assert fault["worker_ready_after_kill_s"] is not None
+
+
+def test_the_serving_section_replaces_its_predecessor_and_keeps_the_rest(tmp_path):
+    rows = [
+        {"variant": v, "batch": 1, "workers": 1, "threads": 2, "concurrency": c, "p50_ms": p, "p95_ms": p,
+         "p99_ms": p, "throughput_per_s": 1000 / p, "model_p50_ms": p / 1.2}
+        for v, p in (("fp32", 100.0), ("int8", 25.0)) for c in (1, 8)
+    ]  # fmt: skip
+    summary = summarize(rows)
+    assert summary["throughput_ratio"] == pytest.approx(4.0)
+    assert summary["median_overhead"] == pytest.approx(1.2)
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# Benchmarks\n\nmodel figures\n")
+    replace_section(report, matrix_section(rows, summary, "python -m bench matrix X", 512))
+    replace_section(report, matrix_section(rows, summary, "python -m bench matrix Y", 512))
+    text = report.read_text()
+    assert text.startswith("# Benchmarks\n\nmodel figures") and text.count(SERVING_MARKER) == 1
+    assert "matrix Y" in text and "matrix X" not in text and "**4.0x**" in text
