@@ -25,8 +25,8 @@ def test_mask_compares_at_or_above_the_threshold():
 
 def test_components_largest_first_with_box_area_and_peak():
     p = probabilities()
-    found = components(defect_mask(p, 0.5), p)
-    assert [c.area_px for c in found] == [24, 2, 1]
+    found, total = components(defect_mask(p, 0.5), p)
+    assert [c.area_px for c in found] == [24, 2, 1] and total == 3
     assert found[0].bbox == (3, 2, 6, 4)
     assert found[0].max_confidence == pytest.approx(0.97)
     assert found[1].bbox == (20, 10, 1, 2) and found[1].max_confidence == pytest.approx(0.6)
@@ -35,7 +35,7 @@ def test_components_largest_first_with_box_area_and_peak():
 def test_diagonal_neighbours_are_one_component():
     mask = np.zeros((5, 5), bool)
     mask[1, 1] = mask[2, 2] = True
-    assert len(components(mask, mask.astype(np.float32))) == 1
+    assert components(mask, mask.astype(np.float32))[1] == 1
 
 
 def test_union_bbox_and_clean_layer():
@@ -77,3 +77,17 @@ def test_threshold_accepts_numbers_and_numeric_text(value):
 def test_threshold_out_of_range_or_not_a_number_is_refused(value):
     with pytest.raises(ValueError, match="threshold"):
         check_threshold(value)
+
+
+def test_peaks_and_order_match_a_plain_loop_on_a_noisy_mask():
+    rng = np.random.default_rng(3)
+    p = rng.random((120, 90)).astype(np.float32)
+    mask = defect_mask(p, 0.8)
+    found, total = components(mask, p, limit=50)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    assert total == count - 1 and len(found) == 50
+    expected = sorted(
+        ((int(stats[i, 4]), int(stats[i, 1]), int(stats[i, 0]), float(p[labels == i].max())) for i in range(1, count)),
+        key=lambda t: (-t[0], t[1], t[2]),
+    )[:50]
+    assert [(c.area_px, c.bbox[1], c.bbox[0], c.max_confidence) for c in found] == expected

@@ -39,20 +39,29 @@ class Component:
         return {"bbox": list(self.bbox), "area_px": self.area_px, "max_confidence": round(self.max_confidence, 4)}
 
 
-def components(mask: np.ndarray, probabilities: np.ndarray) -> list[Component]:
-    """8-connected components of the mask, largest first, each with its box, area and highest probability."""
+def components(mask: np.ndarray, probabilities: np.ndarray, limit: int | None = None) -> tuple[list[Component], int]:
+    """8-connected components of the mask, largest first (the `limit` largest), each with its box, area and highest
+    probability; and how many there are in all. Vectorised: a noisy mask with 10^5 components stays fast."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count <= 1:
-        return []
-    peaks = np.zeros(count, np.float32)
-    np.maximum.at(peaks, labels[mask], probabilities[mask])  # peak probability per label
-    left, top, width, height, area = (stats[:, k] for k in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
-                                                           cv2.CC_STAT_HEIGHT, cv2.CC_STAT_AREA))  # fmt: skip
+    total = count - 1
+    if total == 0:
+        return [], 0
+    area = stats[1:, cv2.CC_STAT_AREA]
+    left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    chosen = np.lexsort((left, top, -area))[:limit]  # largest first; ties top to bottom, left to right
+    label, value = labels[mask], probabilities[mask]
+    order = np.lexsort((value, label))  # by label, then probability: each label's last entry is its peak
+    ends = np.searchsorted(label[order], np.arange(1, count), side="right") - 1
+    peaks = value[order][ends]  # (total,) peak probability of labels 1..count-1
     found = [
-        Component((int(left[i]), int(top[i]), int(width[i]), int(height[i])), int(area[i]), float(peaks[i]))
-        for i in range(1, count)
+        Component(
+            (int(left[i]), int(top[i]), int(stats[i + 1, cv2.CC_STAT_WIDTH]), int(stats[i + 1, cv2.CC_STAT_HEIGHT])),
+            int(area[i]),
+            float(peaks[i]),
+        )
+        for i in chosen
     ]
-    return sorted(found, key=lambda c: (-c.area_px, c.bbox[1], c.bbox[0]))
+    return found, total
 
 
 def union_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -76,7 +85,7 @@ def summarize(
     """The answer for one layer: decision, confidence, area, union box, components (the `max_components` largest;
     `components_total` counts them all) and, optionally, the mask."""
     mask = defect_mask(probabilities, threshold)
-    found = components(mask, probabilities)
+    found, total = components(mask, probabilities, max_components)
     area = int(np.count_nonzero(mask))
     box = union_bbox(mask)
     answer: dict[str, Any] = {
@@ -86,8 +95,8 @@ def summarize(
         "defect_area_px": area,
         "defect_area_pct": round(100.0 * area / mask.size, 4),
         "bbox": None if box is None else list(box),
-        "components": [c.to_dict() for c in found[:max_components]],
-        "components_total": len(found),
+        "components": [c.to_dict() for c in found],
+        "components_total": total,
     }
     if return_mask:
         answer["mask"] = mask_png(mask)
