@@ -99,14 +99,18 @@ def drive(server: Server, model: str, layers: list[list[bytes]], requests: int, 
             "ends": ends}  # fmt: skip
 
 
-def load_and_fault(store: Path, models: tuple[str, ...], size: int, requests: int, concurrency: int) -> dict:
+def load_and_fault(
+    store: Path, models: tuple[str, ...], size: int, requests: int, concurrency: int, warmup: int | None = None
+) -> dict:
+    """Load per model with memory before (after `warmup` requests, default a fifth of the load: the JVM grows its
+    heap to a steady size over the first few hundred) and after; then a killed worker under the same load."""
     layers = [[encode_png(im) for im in synthetic_layer(size, index=i)] for i in range(4)]
     result: dict[str, Any] = {"size": size, "load": {}, "fault": {}}
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         server = start(store, Path(tmp) / "home", models, ports={n: free_port() for n in LISTENERS}, foreground=True)
         try:
             for model in models:
-                drive(server, model, layers, min(2 * concurrency, requests), concurrency)  # warm-up
+                drive(server, model, layers, warmup or max(2 * concurrency, requests // 5), concurrency)
                 before = memory_mb(server)
                 run = drive(server, model, layers, requests, concurrency)
                 run.pop("ends")
@@ -119,18 +123,26 @@ def load_and_fault(store: Path, models: tuple[str, ...], size: int, requests: in
             victim = worker_pids(server, model)[0]
             killed: dict[str, float] = {}
 
+            def watch() -> None:  # until TorchServe reports a new worker ready
+                while time.monotonic() < killed["at"] + 180:
+                    pids = worker_pids(server, model)
+                    if pids and victim not in pids:
+                        killed["ready"] = time.monotonic()
+                        return
+                    time.sleep(0.1)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+
             def kill_after(done: int) -> None:
                 if done == max(4, requests // 10) and not killed:
                     os.kill(victim, signal.SIGKILL)
                     killed["at"] = time.monotonic()
+                    watcher.start()
 
             run = drive(server, model, layers, requests, concurrency, on_progress=kill_after)
+            watcher.join(timeout=180)
             first_after = min((t for t in run.pop("ends") if t > killed["at"]), default=float("nan"))
-            ready = None
-            while ready is None and time.monotonic() < killed["at"] + 180:
-                pids = worker_pids(server, model)
-                ready = time.monotonic() if pids and victim not in pids else None
-                time.sleep(0.1)
+            ready = killed.get("ready")
             result["fault"] = {
                 "model": model, "requests": requests, "lost": run["errors"],
                 "first_answer_after_kill_s": round(first_after - killed["at"], 2),

@@ -39,3 +39,7 @@ def test_no_key_is_written_to_the_logs(torchserve):
     for path in logs:
         text = path.read_text(errors="replace")
         assert not any(key in text for key in keys), f"a key appears in {path}"
+
+
+def test_the_key_file_is_readable_by_its_owner_only(torchserve):
+    assert torchserve.key_file.stat().st_mode & 0o777 == 0o600

@@ -35,3 +35,19 @@ def test_a_config_that_disagrees_with_the_weights_is_refused(tiny_variants, tmp_
         load_variant(tmp_path / "model_fp32.pt", config.replace(threshold=0.3))
     with pytest.raises(FileNotFoundError):
         load_variant(tmp_path / "missing.pt")
+
+
+class _Payload:
+    """An object whose unpickling would run code."""
+
+    def __reduce__(self):
+        return (print, ("this ran while loading",))
+
+
+def test_a_model_file_carrying_code_is_refused_not_run(tiny_variants, tmp_path):
+    import pickle
+
+    payload = torch.load(tiny_variants / "model_fp32.pt", weights_only=True)
+    torch.save({**payload, "extra": _Payload()}, tmp_path / "model_fp32.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        load_variant(tmp_path / "model_fp32.pt")
