@@ -56,13 +56,23 @@ def serve(handler: DefectHandler, context: Context, batch: list[dict]) -> list[t
     return out
 
 
-@pytest.fixture(scope="module", params=["fp32", "int8"])
-def loaded(request, tiny_store, tmp_path_factory):
-    model_dir = unpack(tiny_store / f"defect_{request.param}.mar", tmp_path_factory.mktemp(f"unpacked_{request.param}"))
+def load_handler(store: Path, folder: Path, variant: str):
+    model_dir = unpack(store / f"defect_{variant}.mar", folder)
     context = make_context(model_dir)
     handler = DefectHandler()
     handler.initialize(context)
     return handler, context, model_dir
+
+
+@pytest.fixture(scope="module", params=["fp32", "int8"])
+def loaded(request, tiny_store, tmp_path_factory):
+    return load_handler(tiny_store, tmp_path_factory.mktemp(f"unpacked_{request.param}"), request.param)
+
+
+@pytest.fixture(scope="module")
+def loaded_int8(tiny_store, tmp_path_factory):
+    """The int8 variant alone, for the large layer (the fast one)."""
+    return load_handler(tiny_store, tmp_path_factory.mktemp("unpacked_large"), "int8")
 
 
 def multipart(blobs, **options) -> dict:
@@ -147,14 +157,15 @@ def test_a_bad_request_in_a_batch_fails_alone(loaded):
     assert results[0][1]["defect_area_px"] == results[2][1]["defect_area_px"]
 
 
-def test_a_2048_layer_goes_through_overlapping_tiles(loaded):
-    handler, context, _ = loaded
-    if handler.variant != "int8":
-        pytest.skip("one variant is enough for the large layer (int8 is the fast one)")
+def test_a_2048_layer_goes_through_overlapping_tiles(loaded_int8):
+    handler, context, model_dir = loaded_int8
     images = triplet(2048, np.uint8, seed=3)
     [(code, answer)] = serve(handler, context, [multipart([encode(im) for im in images], return_mask="true")])
     assert code == 200
     assert (answer["mask"]["width"], answer["mask"]["height"]) == (2048, 2048)
+    config, model = load_variant(model_dir / context.manifest["model"]["serializedFile"])
+    probabilities = predict_tiled(model, np.stack(images, -1), config, handler.serving.tile_overlap)
+    assert answer["defect_area_px"] == summarize(probabilities, config.threshold)["defect_area_px"]
 
 
 def test_custom_metrics_are_emitted(loaded, caplog):
