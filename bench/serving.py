@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from client.client import DefectClient
 from training.bench import cpu_description, measure
 from training.figures import pyplot, save_png
 from training.images import encode_png, write_atomic, write_json
@@ -51,12 +52,10 @@ def _unpack(mar: Path, into: Path) -> tuple[Path, ServingConfig]:
 def http_latency(server, model: str, blobs: list[bytes], repeat: int, max_seconds: float) -> dict[str, Any]:
     """Wall time of one POST at a time, and the worker's own timings of the last answer."""
     last: dict[str, Any] = {}
+    client = DefectClient(server.urls["inference"], model, key_file=server.key_file, retries=0)
 
     def once() -> None:
-        status, answer = server.predict(model, blobs)
-        if status != 200:
-            raise RuntimeError(f"{model} answered HTTP {status}: {answer}")
-        last.update(answer["timing_ms"])
+        last.update(client.predict(blobs).answer["timing_ms"])  # a refusal raises ServiceError
 
     figures = measure(once, repeat, max_seconds)
     return {**figures, "worker_ms": dict(last)}

@@ -17,6 +17,9 @@ import cv2
 import numpy as np
 
 from tests.images_for_tests import encode, png_header_only
+from training.torchserve import CONFIG, read_properties
+
+MAX_REQUEST = int(read_properties(CONFIG)["max_request_size"])
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ CASES: list[Case] = [
     Case("threshold true", 400, "invalid_option", lambda g: as_json({"images": [b64(x) for x in g], "threshold": True})),
     Case("return_mask not a flag", 400, "invalid_option", lambda g: {"files": files(*g), "data": {"return_mask": "maybe"}}),
     # what the frontend answers
-    Case("body over max_request_size", 413, None, lambda g: {"data": b"0" * 34_000_001, "headers": {"Content-Type": "application/octet-stream"}},
+    Case("body over max_request_size", 413, None, lambda g: {"data": b"0" * (MAX_REQUEST + 1), "headers": {"Content-Type": "application/octet-stream"}},
          message=False),  # Netty refuses it before TorchServe's code: a bare 413, no JSON (documented in docs/api.md)
     Case("unknown model", 404, None, lambda g: {"files": files(*g)}, model="defect_int16"),
 ]  # fmt: skip

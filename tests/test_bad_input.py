@@ -6,6 +6,7 @@ import requests
 
 from tests.bad_requests import CASES
 from tests.images_for_tests import encode, triplet
+from tests.service import answer_of
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 MODELS = ("defect_int8", "defect_fp32")
@@ -47,5 +48,4 @@ def test_every_case_gets_its_status_and_the_workers_survive(torchserve, model):
         assert answer.status_code < 500, f"{case.name}: {answer.status_code} {answer.text[:300]}"
     assert not failures, "\n".join(failures)
     assert worker_pids(torchserve) == before  # no worker died of any of it
-    status, answer = torchserve.predict(model, good)
-    assert status == 200 and answer["model"]["name"] == model
+    assert answer_of(torchserve, model, good)["model"]["name"] == model

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.images_for_tests import encode, png_header_only
+from tests.service import answer_of
 from training.synth import SynthConfig, generate_layer
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
@@ -60,8 +61,7 @@ def worker_pids(server, model) -> list[int]:
 
 @pytest.mark.parametrize("model", MODELS)
 def test_both_variants_answer_multipart_and_json(server, layer, model):
-    status, answer = server.predict(model, blobs_of(layer))
-    assert status == 200
+    answer = answer_of(server, model, blobs_of(layer))
     jsonschema.validate(answer, SCHEMA)
     assert answer["model"]["name"] == model and answer["model"]["variant"] == model.split("_")[1]
     assert (answer["mask"]["width"], answer["mask"]["height"]) == (128, 128)
@@ -94,8 +94,7 @@ def test_bad_inputs_are_answered_4xx_and_the_workers_live_on(server, layer):
             assert answer.status_code == status, (model, reason, answer.text)
             jsonschema.validate(answer.json(), SCHEMA)
             assert answer.json()["reason"] == reason
-        status, ok = server.predict(model, good)
-        assert status == 200 and ok["model"]["name"] == model
+        assert answer_of(server, model, good)["model"]["name"] == model
     assert {m: worker_pids(server, m) for m in MODELS} == before
 
 
@@ -124,7 +123,7 @@ def test_requests_without_or_with_a_wrong_token_are_refused(server, layer):
 
 
 def test_custom_metrics_reach_the_prometheus_endpoint(server, layer):
-    server.predict("defect_int8", blobs_of(layer))
+    answer_of(server, "defect_int8", blobs_of(layer))
     text = requests.get(f"{server.urls['metrics']}/metrics", timeout=10).text
     assert re.search(r'DefectDecisions\{Variant="int8",Decision="(defect|clean)",ModelName="defect_int8"', text)
     assert re.search(r'DefectInferenceTime\{Variant="int8",ModelName="defect_int8"', text)
@@ -176,8 +175,8 @@ def test_the_documented_rotation_replaces_the_inference_key(server, layer):
 def test_the_large_layer_is_tiled_through_http(server):
     rng = np.random.default_rng(1)
     blobs = [encode(rng.integers(0, 255, (1100, 700), dtype=np.uint8)) for _ in range(3)]
-    status, answer = server.predict("defect_int8", blobs, return_mask="true")
-    assert status == 200 and (answer["mask"]["width"], answer["mask"]["height"]) == (700, 1100)
+    answer = answer_of(server, "defect_int8", blobs)
+    assert (answer["mask"]["width"], answer["mask"]["height"]) == (700, 1100)
 
 
 def test_every_listening_socket_of_the_server_is_on_loopback(server):

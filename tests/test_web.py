@@ -3,6 +3,7 @@ against a real TorchServe, through the page's own server."""
 
 import dataclasses
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import requests
 import torch
 
 from tests.images_for_tests import encode
+from tests.service import answer_of
 from training.archive import build_archives
 from training.config import ModelConfig
 from training.inference import predict_tiled
@@ -126,9 +128,7 @@ def submit(page, paths: list[Path], variant: str = "int8") -> None:
 
 
 def api_answer(site, paths: list[Path], model: str) -> dict:
-    status, answer = site["server"].predict(model, [p.read_bytes() for p in paths])
-    assert status == 200
-    return answer
+    return answer_of(site["server"], model, [p.read_bytes() for p in paths])
 
 
 def summary(page, variant: str) -> dict[str, str]:
@@ -188,6 +188,22 @@ def test_both_variants_side_by_side_with_their_agreement(page, layers):
         assert page.locator(f'.panel[data-variant="{variant}"] [data-field="latency"]').inner_text().endswith("ms)")
 
 
+def choose_by_keyboard(page, path: str) -> None:
+    """Space on the focused file input opens the chooser. Headless chromium now and then drops that first key press
+    (seen about one run in four, at any of the three inputs); a person would press again, and so does this."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt, timeout in enumerate((5_000, 30_000)):
+        try:
+            with page.expect_file_chooser(timeout=timeout) as chooser:
+                page.keyboard.press("Space")
+            chooser.value.set_files(path)
+            return
+        except PlaywrightTimeout:
+            if attempt:
+                raise
+
+
 def test_the_whole_flow_by_keyboard_alone(page, layers):
     from playwright.sync_api import expect
 
@@ -196,9 +212,8 @@ def test_the_whole_flow_by_keyboard_alone(page, layers):
         assert page.evaluate("document.activeElement.id") == f"angle{k}"
         outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
         assert outline != "none", "the focused control shows no focus outline"
-        with page.expect_file_chooser() as chooser:
-            page.keyboard.press("Space")
-        chooser.value.set_files(str(path))
+        choose_by_keyboard(page, str(path))
+        expect(page.locator(f"#angle{k}")).to_have_value(re.compile(re.escape(path.name)))  # chooser closed
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.id") == "variant-int8"
     page.keyboard.press("ArrowRight")  # radio group: arrows move the choice

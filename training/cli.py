@@ -486,9 +486,14 @@ def run_serve(args: argparse.Namespace, argv: list[str]) -> str:
         f"  keys       {server.key_file} (send 'Authorization: Bearer <inference key>'; docs/api.md)",
     ]
     if args.probe:
-        blobs = [path.read_bytes() for path in args.probe]
+        from client.client import DefectClient, ServiceError
+
+        client = DefectClient(server.urls["inference"], key_file=server.key_file, retries=0)
         for model in server.models:
-            status, answer = server.predict(model, blobs)
+            try:
+                status, answer = 200, client.predict(args.probe, model).answer
+            except ServiceError as err:
+                status, answer = err.status, {"message": str(err)}
             if "mask" in answer:
                 answer["mask"]["data"] = answer["mask"]["data"][:32] + "..."
             answer["components"] = answer.get("components", [])[:3]

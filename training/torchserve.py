@@ -124,20 +124,6 @@ class Server:
             workers = json.loads(answer.read())[0]["workers"]
         return any(w.get("status") == "READY" for w in workers)
 
-    def predict(self, model: str, blobs: list[bytes], timeout: float = 120.0, **fields: str) -> tuple[int, dict]:
-        """POST three images as multipart fields angle0..2 (plus text fields) with the inference key."""
-        import requests
-
-        files = {f"angle{k}": (f"angle{k}", blob) for k, blob in enumerate(blobs)}
-        answer = requests.post(
-            f"{self.urls['inference']}/predictions/{model}",
-            files=files,
-            data=fields,
-            headers={"Authorization": f"Bearer {self.keys()['inference']}"},
-            timeout=timeout,
-        )
-        return answer.status_code, answer.json()
-
     def stop(self, timeout: float = 30.0) -> str:
         """`torchserve --stop` for this server's home, then kill what is left of the process group; returns what
         the launcher said."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from training.images import SUPPORTED_EXTENSIONS, ImageError, read_gray
+from training.layer import REASONS as LAYER_REASONS
 from training.layer import LayerError, stack_images
 
 NAME = re.compile(r"^(?P<layer>.+)_a(?P<k>[0-9]+)(?P<ext>\.[A-Za-z0-9]+)$")
@@ -23,9 +24,7 @@ REASONS: dict[str, str] = {
     "unrecognised_name": "the file name is not <layer_id>_a<0|1|2>.<png|tif|tiff|bmp|jpg|jpeg>",
     "incomplete_triplet": "one or more of the three light images is missing",
     "ambiguous_angle": "two files claim the same layer and light (e.g. .png and .tif)",
-    "unreadable": "a file is empty, corrupt, truncated or not an image",
-    "size_mismatch": "the three images do not have the same width and height",
-    "bit_depth_mismatch": "the three images do not have the same bit depth",
+    **{reason: LAYER_REASONS[reason] for reason in ("unreadable", "size_mismatch", "bit_depth_mismatch")},
     "blank": "an image has (almost) no contrast: lights off, lens cap, or a flat fill",
     "saturated": "an image has too many pixels at full scale: overexposed",
     "identical_images": "two lights gave pixel-identical images: a light did not switch",

@@ -20,11 +20,13 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
+from training.torchserve import CONFIG, read_properties
+
 log = logging.getLogger(__name__)
 
 PAGE = Path(__file__).resolve().parent
 STATIC = {"/", "/index.html", "/app.js", "/style.css"}
-MAX_BODY = 34_000_000  # config.properties' max_request_size: three 2048x2048 16-bit PNGs
+MAX_BODY = int(read_properties(CONFIG)["max_request_size"])  # TorchServe's own limit: three 2048² 16-bit PNGs
 FORWARDED = ("Content-Type",)
 
 
