@@ -1,17 +1,84 @@
-"""python -m bench serving ...: serving benchmarks against a real TorchServe on loopback."""
+"""python -m bench model | serving | load | matrix: every benchmark of the project, each writing one document."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
 
+from bench.serving import command_line
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+def ints(text: str) -> list[int]:
+    """Comma-separated positive whole numbers, e.g. `1,2`."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise ValueError(f"expected comma-separated whole numbers such as 1,2, got {text!r}") from err
+    if not values or min(values) < 1:
+        raise ValueError(f"expected positive whole numbers, got {text!r}")
+    return values
+
+
+def add_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "model",
+        help="latency of float, int8 and ONNX Runtime variants side by side; writes docs/benchmarks.md",
+        description="Time every inference variant in one run on the same inputs (warm-up, then median and p90), "
+        "model file sizes and one full layer through tiled inference.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="checkpoint.pt (model_int8.pt next to it is used when present); required unless --from-json",
+    )
+    p.add_argument("--sizes", default="256,512", help="input sizes in pixels (default: 256,512)")
+    p.add_argument("--batch", default="1,8", help="batch sizes (default: 1,8)")
+    p.add_argument("--threads", default="1,2", help="torch / ONNX Runtime threads (default: 1,2)")
+    p.add_argument("--repeat", type=int, default=20, help="timed runs per row after warm-up (default: 20)")
+    p.add_argument(
+        "--max-seconds",
+        type=float,
+        default=8.0,
+        help="stop a row's repeats after this long, keeping at least 3 (default: 8)",
+    )
+    p.add_argument(
+        "--layer-size",
+        type=int,
+        default=2048,
+        help="side of the full layer run through tiled inference (default: 2048)",
+    )
+    p.add_argument(
+        "--report", type=Path, default=Path("docs/benchmarks.md"), help="Markdown report (default: docs/benchmarks.md)"
+    )
+    p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    p.add_argument(
+        "--from-json", type=Path, help="measure nothing: write the report from the raw figures of an earlier run"
+    )
+    p.set_defaults(run=run_model)
+
+
+def run_model(args: argparse.Namespace, argv: list[str]) -> str:
+    from bench.model import bench, save_json, write_report
+
+    if args.from_json:
+        write_report(json.loads(args.from_json.read_text()), args.report)
+        return f"wrote {args.report} and {args.report.with_suffix('.png')} from {args.from_json}"
+    if args.checkpoint is None:
+        raise ValueError("bench needs --checkpoint (or --from-json to rewrite a report from an earlier run)")
+    result = bench(
+        args.checkpoint, ints(args.sizes), ints(args.batch), ints(args.threads), args.repeat, args.max_seconds,
+        args.layer_size, command=command_line(argv),
+    )  # fmt: skip
+    write_report(result, args.report)
+    if args.json:
+        save_json(result, args.json)
+    return f"wrote {args.report} and {args.report.with_suffix('.png')}" + (f" and {args.json}" if args.json else "")
+
+
+def add_serving(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serving",
         help="single-request HTTP latency per variant beside the model-only time, in one run",
@@ -24,7 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=60.0, help="stop a row's repeats after this long (default: 60)")
     p.add_argument("--report", type=Path, default=Path("docs/serving.md"), help="default: docs/serving.md")
     p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    p.set_defaults(run=run_serving)
 
+
+def run_serving(args: argparse.Namespace, argv: list[str]) -> str:
+    from bench import serving
+
+    result = serving.run(args.model_store, ints(args.sizes), args.repeat, args.max_seconds, command=command_line(argv))
+    serving.write_report(result, args.report)
+    if args.json:
+        serving.save(result, args.json)
+    return f"{serving.summary(result)}; wrote {args.report}" + (f" and {args.json}" if args.json else "")
+
+
+def add_load(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("load", help="load per variant with memory before and after, then a worker killed under load",
                        description="Against a TorchServe of the checkpoint's archives on loopback: --requests per "
                        "variant at --concurrency (errors, latency percentiles, throughput, memory), then the same "
@@ -35,67 +115,80 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=512, help="layer side in pixels (default: 512)")
     p.add_argument("--report", type=Path, default=Path("docs/reliability.md"), help="default: docs/reliability.md")
     p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    p.set_defaults(run=run_load)
 
+
+def run_load(args: argparse.Namespace, argv: list[str]) -> str:
+    import tempfile
+
+    from bench import load
+    from bench.model import cpu_description
+    from training.inference.images import write_atomic, write_json
+    from training.inference.variants import model_names
+
+    with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
+        store = load.store_from_checkpoint(args.checkpoint, Path(tmp))
+        result = load.load_and_fault(store, model_names(), args.size, args.requests, args.concurrency)
+    write_atomic(args.report, load.reliability_report(result, command_line(argv), cpu_description()).encode())
+    if args.json:
+        write_json(args.json, result)
+    lost = result["fault"]["lost"]
+    errors = [r["errors"] for r in result["load"].values()]
+    return f"errors {errors}, lost under a killed worker {lost}; wrote {args.report}" + (
+        f" and {args.json}" if args.json else ""
+    )
+
+
+def add_matrix(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("matrix", help="serving throughput and latency over batchSize, workers and concurrency",
                        description="fp32 and int8 x batchSize 1, 4 x (1 worker, 2 threads) and (2 workers, 1 thread) "
-                       "x concurrency; each beside the model alone; a section of docs/benchmarks.md.")  # fmt: skip
+                       "x concurrency; each beside the model alone; writes docs/throughput.md.")  # fmt: skip
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt with model_fp32.pt / model_int8.pt")
     p.add_argument("--requests", type=int, default=48, help="requests per cell (default: 48)")
     p.add_argument("--concurrency", default="1,4,8", help="default: 1,4,8")
     p.add_argument("--size", type=int, default=512, help="layer side in pixels (default: 512)")
-    p.add_argument("--report", type=Path, default=Path("docs/benchmarks.md"), help="default: docs/benchmarks.md")
+    p.add_argument("--report", type=Path, default=Path("docs/throughput.md"), help="default: docs/throughput.md")
     p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    p.set_defaults(run=run_matrix)
 
-    args = parser.parse_args(argv)
+
+def run_matrix(args: argparse.Namespace, argv: list[str]) -> str:
+    from bench import load
+    from training.inference.images import write_atomic, write_json
+
+    command = command_line(argv)
+    rows = load.matrix(args.checkpoint, args.size, args.requests, ints(args.concurrency))
+    summary = load.summarize(rows)
+    write_atomic(args.report, load.matrix_report(rows, summary, command, args.size).encode())
+    if args.json:
+        write_json(args.json, {"command": command, "rows": rows, "summary": summary})
+    return (
+        f"int8 / fp32 serving throughput {summary['throughput_ratio']:.1f}x; HTTP / model p50 "
+        f"{summary['median_overhead']:.2f}; wrote {args.report}" + (f" and {args.json}" if args.json else "")
+    )
+
+
+COMMANDS = (add_model, add_serving, add_load, add_matrix)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.command in ("load", "matrix"):
-        return run_load_or_matrix(args, argv)
-    from bench import serving
-
     try:
-        sizes = [int(s) for s in args.sizes.split(",")]
-        result = serving.run(args.model_store, sizes, args.repeat, args.max_seconds, command=serving.command_line(argv))
+        message = args.run(args, argv)
     except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    serving.write_report(result, args.report)
-    if args.json:
-        serving.save(result, args.json)
-    print(f"{serving.summary(result)}; wrote {args.report}" + (f" and {args.json}" if args.json else ""))
-    return 0
-
-
-def run_load_or_matrix(args: argparse.Namespace, argv: list[str]) -> int:
-    import tempfile
-
-    from bench import load, serving
-    from training.bench import cpu_description
-    from training.images import write_atomic, write_json
-
-    command = serving.command_line(argv)
-    try:
-        if args.command == "load":
-            with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
-                store = load.store_from_checkpoint(args.checkpoint, Path(tmp))
-                result = load.load_and_fault(store, ("defect_fp32", "defect_int8"), args.size, args.requests,
-                                             args.concurrency)  # fmt: skip
-            write_atomic(args.report, load.reliability_report(result, command, cpu_description()).encode())
-            lost = result["fault"]["lost"]
-            message = f"errors {[r['errors'] for r in result['load'].values()]}, lost under a killed worker {lost}"
-        else:
-            concurrencies = [int(c) for c in args.concurrency.split(",")]
-            rows = load.matrix(args.checkpoint, args.size, args.requests, concurrencies)
-            summary = load.summarize(rows)
-            load.replace_section(args.report, load.matrix_section(rows, summary, command, args.size))
-            result = {"command": command, "rows": rows, "summary": summary}
-            message = (f"int8 / fp32 serving throughput {summary['throughput_ratio']:.1f}x; HTTP / model p50 "
-                       f"{summary['median_overhead']:.2f}")  # fmt: skip
-    except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.json:
-        write_json(args.json, result)
-    print(f"{message}; wrote {args.report}" + (f" and {args.json}" if args.json else ""))
+    print(message)
     return 0
 
 

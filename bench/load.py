@@ -25,11 +25,10 @@ import numpy as np
 
 from bench.serving import model_latency, synthetic_layer
 from client.client import DefectClient, ServiceError
-from training.archive import build_archive, check_variants, model_name
-from training.bench import SERVING_MARKER
-from training.images import encode_png
-from training.serving import ServingConfig
-from training.torchserve import LISTENERS, Server, free_port, start
+from handler.settings import ServingConfig
+from training.inference.images import encode_png
+from training.serving.archive import build_archive, check_variants, model_name
+from training.serving.launcher import LISTENERS, Server, free_port, start
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +255,7 @@ def reliability_report(result: dict[str, Any], command: str, cpu: dict[str, Any]
     ])  # fmt: skip
 
 
-def matrix_section(rows: list[dict], summary: dict[str, Any], command: str, size: int) -> str:
+def matrix_report(rows: list[dict], summary: dict[str, Any], command: str, size: int) -> str:
     concurrencies = sorted({r["concurrency"] for r in rows})
     head = "| variant | batchSize | workers x threads | " + " | ".join(
         f"c{c} p50 ms | c{c} layers/s" for c in concurrencies) + " | model alone ms | HTTP p50 c1 / model |"  # fmt: skip
@@ -271,9 +270,9 @@ def matrix_section(rows: list[dict], summary: dict[str, Any], command: str, size
         )
     best = summary["best"]
     return "\n".join([
-        SERVING_MARKER,
+        f"# Serving throughput over HTTP ({size}², a real TorchServe on loopback)",
         "",
-        f"## Serving over HTTP ({size}², a real TorchServe on loopback)",
+        "Produced by `python -m bench matrix`. Regenerate:",
         "",
         "```bash",
         command,
@@ -291,12 +290,3 @@ def matrix_section(rows: list[dict], summary: dict[str, Any], command: str, size
         f"({', '.join(f'{k}: {v:.2f}' for k, v in summary['overhead'].items())})",
         "",
     ])  # fmt: skip
-
-
-def replace_section(report: Path, section: str) -> None:
-    """Put `section` at the end of the report, in place of an earlier one (from SERVING_MARKER on)."""
-    from training.images import write_atomic
-
-    text = report.read_text() if report.exists() else ""
-    head = text.split(SERVING_MARKER)[0].rstrip() + "\n\n"
-    write_atomic(report, (head + section).encode())

@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.model import cpu_description, measure
 from client.client import DefectClient
-from training.bench import cpu_description, measure
-from training.figures import pyplot, save_png
-from training.images import encode_png, write_atomic, write_json
-from training.inference import predict_tiled
-from training.serving import ServingConfig
-from training.synth import SynthConfig, generate_layer
-from training.torchserve import LISTENERS, free_port, start
-from training.variants import load_variant
+from handler.settings import ServingConfig
+from training.inference.images import encode_png, write_atomic, write_json
+from training.inference.tiling import predict_tiled
+from training.inference.variants import load_variant
+from training.renderer.synth import SynthConfig, generate_layer
+from training.reports.figures import pyplot, save_png
+from training.serving.launcher import LISTENERS, free_port, start
 
 log = logging.getLogger(__name__)
 

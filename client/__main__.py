@@ -98,7 +98,7 @@ def make_router(args: argparse.Namespace, client: DefectClient) -> DefectClient 
 
 def run_predict(args: argparse.Namespace, argv: list[str]) -> str:
     from client.overlay import write_overlay
-    from training.images import write_json
+    from training.inference.images import write_json
 
     router = make_router(args, make_client(args))
     layer_id = args.layer_id or args.angles[0].name.rsplit("_a", 1)[0]
@@ -142,7 +142,7 @@ def run_ab_report_command(args: argparse.Namespace, argv: list[str]) -> str:
     if args.model_store:
         import tempfile
 
-        from training.torchserve import LISTENERS, free_port, start
+        from training.serving.launcher import LISTENERS, free_port, start
 
         home = Path(tempfile.mkdtemp(prefix="ab-report-"))
         server = start(

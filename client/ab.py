@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from client.client import DefectClient, ImageInput, Prediction
-from training.metrics import confusion
+from training.learning.metrics import confusion
 
 
 def parse_weights(text: str) -> dict[str, float]:

@@ -18,10 +18,10 @@ import numpy as np
 
 from client.ab import decode_mask, mask_iou
 from client.client import DefectClient
-from training.figures import pyplot, save_png
-from training.images import encode_png, read_png_array, write_atomic, write_json
-from training.metrics import Counts, confusion
-from training.triplets import group_files
+from training.inference.images import encode_png, read_png_array, write_atomic, write_json
+from training.learning.metrics import Counts, confusion
+from training.preparation.triplets import group_files
+from training.reports.figures import pyplot, save_png
 
 
 @dataclass(frozen=True)

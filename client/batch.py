@@ -20,8 +20,8 @@ from typing import Any
 from client.ab import ABClient
 from client.client import DefectClient, ServiceError
 from client.overlay import write_overlay
-from training.images import write_csv
-from training.triplets import group_files
+from training.inference.images import write_csv
+from training.preparation.triplets import group_files
 
 log = logging.getLogger(__name__)
 

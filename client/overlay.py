@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 
 from client.ab import decode_mask
-from training.images import encode_png, read_gray, write_atomic
+from training.inference.images import encode_png, read_gray, write_atomic
 
 OUTLINE = (255, 0, 255)  # magenta: absent from the gray-ish stack
 BOX = (255, 255, 0)

@@ -1,7 +1,7 @@
 """TorchServe handler: three light images of a layer in, defect decision, areas, boxes and mask out.
 
-A thin BaseHandler subclass over the shared input and output contracts (`training.layer`, `training.inference`,
-`training.detections`), which the archive packs next to the weights. Nothing here is a model constant: the
+A thin BaseHandler subclass over the shared input and output contracts (`training.inference.layer`, `training.inference.tiling`,
+`training.inference.answer`), which the archive packs next to the weights. Nothing here is a model constant: the
 normalisation, tile size and threshold come from the archive's ModelConfig, the limits from its model-config.yaml.
 
 Each request of a batch is answered on its own: a bad one gets a 4xx JSON error with a message that says what was
@@ -20,13 +20,13 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
-from training.config import ModelConfig
-from training.detections import summarize
-from training.inference import predict_tiled
-from training.layer import LayerError, decode_layer
-from training.request import BadRequest, parse_request, request_options
-from training.serving import ServingConfig
-from training.variants import load_variant, variant_of
+from handler.request import BadRequest, parse_request, request_options
+from handler.settings import ServingConfig
+from training.inference.answer import summarize
+from training.inference.config import ModelConfig
+from training.inference.layer import LayerError, decode_layer
+from training.inference.tiling import predict_tiled
+from training.inference.variants import load_variant, variant_of
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from tests.images_for_tests import encode, png_header_only
-from training.torchserve import CONFIG, read_properties
+from training.serving.launcher import CONFIG, read_properties
 
 MAX_REQUEST = int(read_properties(CONFIG)["max_request_size"])
 

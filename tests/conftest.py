@@ -18,8 +18,8 @@ def tiny_prepared(tmp_path_factory) -> Path:
     """16 small synthetic layers (64 x 64), prepared with truth: 6 train, 6 val, 4 test."""
     import dataclasses
 
-    from training.prepare import PrepareConfig, prepare
-    from training.synth import SynthConfig, synthesize
+    from training.preparation.prepare import PrepareConfig, prepare
+    from training.renderer.synth import SynthConfig, synthesize
 
     root = tmp_path_factory.mktemp("tiny")
     synthesize(
@@ -33,7 +33,7 @@ def tiny_prepared(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_prepared, tmp_path_factory) -> Path:
     """A two-epoch training on the tiny set (truth labels); copy it before changing it."""
-    from training.train import TrainConfig, train
+    from training.learning.train import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny_run")
     profile = TrainConfig("tiny", epochs=2, repeats=1, batch_size=2, crop=32, lr=1e-3, patience=5)
@@ -46,8 +46,8 @@ def tiny_variants(tiny_run, tmp_path_factory) -> Path:
     """tiny_run's checkpoint quantized: checkpoint.pt, model_fp32.pt and model_int8.pt (2 calibration layers)."""
     import shutil
 
-    from training.quantization import QuantizationConfig
-    from training.quantize import quantize_checkpoint
+    from training.inference.quantization import QuantizationConfig
+    from training.learning.quantize import quantize_checkpoint
 
     out = tmp_path_factory.mktemp("tiny_variants")
     shutil.copy(tiny_run / "checkpoint.pt", out / "checkpoint.pt")
@@ -58,7 +58,7 @@ def tiny_variants(tiny_run, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_store(tiny_variants, tmp_path_factory) -> Path:
     """A model store with defect_fp32.mar and defect_int8.mar of the tiny model."""
-    from training.archive import build_archives
+    from training.serving.archive import build_archives
 
     store = tmp_path_factory.mktemp("model_store")
     build_archives(tiny_variants / "checkpoint.pt", store)
@@ -69,7 +69,7 @@ def tiny_store(tiny_variants, tmp_path_factory) -> Path:
 def torchserve(tiny_store, tmp_path_factory):
     """A real TorchServe on free loopback ports serving defect_fp32 and defect_int8 of the tiny model; stopped at
     the end of the session, also when tests fail."""
-    from training.torchserve import LISTENERS, free_port, start
+    from training.serving.launcher import LISTENERS, free_port, start
 
     server = start(
         tiny_store, tmp_path_factory.mktemp("torchserve"), ports={n: free_port() for n in LISTENERS}, foreground=True

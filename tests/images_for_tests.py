@@ -8,7 +8,7 @@ import zlib
 import cv2
 import numpy as np
 
-from training.images import encode_png
+from training.inference.images import encode_png
 
 
 def png_header_only(width: int, height: int) -> bytes:

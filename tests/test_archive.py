@@ -1,22 +1,53 @@
+import ast
 import json
 import shutil
+import subprocess
+import sys
 import zipfile
 
 import pytest
 import torch
 import yaml
 
-from training.archive import HANDLER, PACKAGE, SERVING_MODULES, build_archive, check_variants, imported_training_modules
-from training.config import ModelConfig
-from training.model import save_checkpoint
-from training.serving import ServingConfig
+from handler.settings import ServingConfig
+from training.inference.config import ModelConfig
+from training.inference.model import save_checkpoint
+from training.serving.archive import build_archive, check_variants, stage_packages
+
+PROJECT_PACKAGES = ("training", "handler", "client", "bench", "web")
 
 
-def test_the_packed_modules_are_all_the_handler_needs():
-    needed = imported_training_modules(HANDLER)
-    for module in SERVING_MODULES:
-        needed |= imported_training_modules(PACKAGE / f"{module}.py")
-    assert needed <= set(SERVING_MODULES), f"add {sorted(needed - set(SERVING_MODULES))} to SERVING_MODULES"
+def _project_imports(path) -> set[str]:
+    """Dotted names of this project's modules a Python file imports (at any depth)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        found |= {n for n in names if n.split(".")[0] in PROJECT_PACKAGES}
+    return found
+
+
+def test_the_shipped_packages_import_only_themselves(tmp_path):
+    staged = stage_packages(tmp_path)
+    modules = {".".join(p.with_suffix("").parts).removesuffix(".__init__") for p in staged if p.suffix == ".py"}
+    for path in staged:
+        if path.suffix == ".py":
+            outside = {n for n in _project_imports(tmp_path / path) if n not in modules}
+            assert not outside, f"{path} imports {sorted(outside)}, which the archive does not ship"
+
+
+def test_the_handler_imports_from_an_unpacked_archive_alone(tiny_store, tmp_path):
+    with zipfile.ZipFile(tiny_store / "defect_int8.mar") as mar:
+        mar.extractall(tmp_path)
+    probe = (
+        "import sys, defect_handler, handler.request, training.inference.answer as a\n"
+        "files = [defect_handler.__file__, handler.request.__file__, a.__file__]\n"
+        "assert all(f.startswith(sys.argv[1]) for f in files), files"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
 
 
 def test_archives_hold_handler_modules_weights_and_both_configs(tiny_store):
@@ -26,7 +57,8 @@ def test_archives_hold_handler_modules_weights_and_both_configs(tiny_store):
             manifest = json.loads(mar.read("MAR-INF/MANIFEST.json"))
             config = ModelConfig.from_dict(json.loads(mar.read("model_config.json")))
             serving = ServingConfig.from_yaml_dict(yaml.safe_load(mar.read("model-config.yaml")))
-        assert {f"training/{m}.py" for m in SERVING_MODULES} <= names
+        assert {"handler/request.py", "training/__init__.py", "training/inference/answer.py"} <= names
+        assert not any(n.startswith(("training/learning", "training/serving")) for n in names)
         assert {"defect_handler.py", f"model_{variant}.pt"} <= names
         assert manifest["model"]["modelName"] == f"defect_{variant}"
         assert manifest["model"]["handler"] == "defect_handler.py"

@@ -3,9 +3,9 @@ import shutil
 import subprocess
 import sys
 
-from training.bench import conv_macs, measure
-from training.config import ModelConfig
-from training.model import build_model
+from bench.model import conv_macs, measure
+from training.inference.config import ModelConfig
+from training.inference.model import build_model
 
 
 def test_conv_macs_of_the_unet_at_512():
@@ -25,7 +25,7 @@ def test_bench_command_writes_the_report(tiny_run, tmp_path, repo_root):
     shutil.copytree(tiny_run, run)
     report = tmp_path / "bench.md"
     command = [
-        sys.executable, "-m", "training", "bench", "--checkpoint", str(run / "checkpoint.pt"), "--sizes", "64",
+        sys.executable, "-m", "bench", "model", "--checkpoint", str(run / "checkpoint.pt"), "--sizes", "64",
         "--batch", "1", "--threads", "1", "--repeat", "3", "--layer-size", "600", "--report", str(report),
         "--json", str(tmp_path / "bench.json"),
     ]  # fmt: skip
@@ -35,12 +35,10 @@ def test_bench_command_writes_the_report(tiny_run, tmp_path, repo_root):
     variants = {r["variant"] for r in raw["rows"]}
     assert {"fp32 eager", "static int8 FX frozen", "ONNX Runtime int8 (QDQ)", "dynamic int8 (prototype)"} <= variants
     text = report.read_text()
-    assert "python -m training bench" in text and "| static int8 FX frozen |" in text
+    assert "python -m bench model" in text and "| static int8 FX frozen |" in text
     assert (tmp_path / "bench.png").stat().st_size > 1000
-    # rewriting the report from the raw figures keeps the serving section that `python -m bench matrix` added
-    from training.bench import SERVING_MARKER
-
-    report.write_text(report.read_text() + f"\n{SERVING_MARKER}\n## Serving over HTTP\nkept\n")
+    # the report again from the raw figures alone, through the old command line, which forwards to bench model
+    report.unlink()
     again = [
         sys.executable,
         "-m",
@@ -52,6 +50,4 @@ def test_bench_command_writes_the_report(tiny_run, tmp_path, repo_root):
         str(report),
     ]
     assert subprocess.run(again, cwd=repo_root, capture_output=True, timeout=120).returncode == 0
-    text = report.read_text()
-    assert text.count(SERVING_MARKER) == 1 and text.endswith("## Serving over HTTP\nkept\n")
-    assert "| static int8 FX frozen |" in text
+    assert "| static int8 FX frozen |" in report.read_text()

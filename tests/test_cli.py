@@ -11,11 +11,41 @@ def run(*args, cwd=None):
     )
 
 
-@pytest.mark.parametrize("command", ["synth", "prepare", "train", "evaluate", "quantize", "bench"])
-def test_every_command_has_help(command, repo_root):
-    result = run(command, "--help", cwd=repo_root)
-    assert result.returncode == 0
-    assert "usage: python -m training " + command in result.stdout
+def _subcommands(parser) -> list[str]:
+    return [name for action in parser._subparsers._group_actions for name in action.choices]
+
+
+def _every_command() -> list[tuple[str, str]]:
+    """(program, command) for every subcommand the four command lines define: a new one is tested unasked."""
+    from bench.__main__ import build_parser as bench_parser
+    from client.__main__ import build_parser as client_parser
+    from training.cli import build_parser as training_parser
+
+    found = [("training", c) for c in _subcommands(training_parser())]
+    found += [("bench", c) for c in _subcommands(bench_parser())]
+    found += [("client", c) for c in _subcommands(client_parser())]
+    return [*found, ("web", "")]
+
+
+def test_the_command_list_is_complete():
+    commands = _every_command()
+    assert {c for p, c in commands if p == "bench"} == {"model", "serving", "load", "matrix"}
+    assert {c for p, c in commands if p == "client"} == {"predict", "batch", "ab-report"}
+    assert {c for p, c in commands if p == "training"} == {"synth", "prepare", "train", "evaluate", "quantize",
+                                                           "bench", "archive", "serve", "stop"}  # fmt: skip
+
+
+@pytest.mark.parametrize(("program", "command"), _every_command())
+def test_every_command_has_help(program, command, repo_root):
+    args = [sys.executable, "-m", program, *([command] if command else []), "--help"]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=repo_root, timeout=300)
+    assert result.returncode == 0, result.stderr
+    usage = (
+        "usage: python -m bench model"
+        if (program, command) == ("training", "bench")
+        else f"usage: python -m {program} {command}".rstrip()
+    )
+    assert result.stdout.startswith(usage), result.stdout[:200]
 
 
 def test_synth_then_prepare_from_the_command_line(tmp_path, repo_root):

@@ -16,8 +16,8 @@ from client.__main__ import main as client_main
 from client.ab import ABClient, WeightedSplit, bucket, parse_weights
 from client.batch import run_batch
 from client.client import DefectClient, KeySource, ServiceError
-from training.synth import SynthConfig, generate_layer, write_layer
-from training.torchserve import LISTENERS, free_port, start
+from training.renderer.synth import SynthConfig, generate_layer, write_layer
+from training.serving.launcher import LISTENERS, free_port, start
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "response.schema.json").read_text())

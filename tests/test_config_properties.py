@@ -7,9 +7,9 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
-from training.images import encode_png
-from training.serving import ServingConfig
-from training.torchserve import CONFIG, GRPC_LISTENERS, LISTENERS, read_properties
+from handler.settings import ServingConfig
+from training.inference.images import encode_png
+from training.serving.launcher import CONFIG, GRPC_LISTENERS, LISTENERS, read_properties
 
 PROPS = read_properties(CONFIG)
 MODELS = ("defect_fp32", "defect_int8")

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import LightSymmetry, PerLightDrift, training_transform
-from training.config import ModelConfig
-from training.dataset import TrainingCrops, load_split
+from training.inference.config import ModelConfig
+from training.learning.augment import LightSymmetry, PerLightDrift, training_transform
+from training.learning.dataset import TrainingCrops, load_split
 
 
 def test_label_sources(tiny_prepared, tmp_path):
@@ -52,7 +52,7 @@ def test_training_crops_are_normalised_tensors_with_masks(tiny_prepared):
 def test_crops_are_normalised_with_the_config_statistics(tiny_prepared):
     import albumentations as A
 
-    from training.preprocess import normalize, to_unit
+    from training.inference.preprocess import normalize, to_unit
 
     records = load_split(tiny_prepared, "train", "truth")
     config = ModelConfig(mean=(0.3, 0.4, 0.5), std=(0.1, 0.2, 0.3))

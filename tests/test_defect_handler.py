@@ -14,10 +14,10 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handler.defect_handler import DefectHandler
 from tests.images_for_tests import encode, png_header_only, triplet
-from training.config import ModelConfig
-from training.detections import summarize
-from training.inference import predict_tiled
-from training.variants import load_variant
+from training.inference.answer import summarize
+from training.inference.config import ModelConfig
+from training.inference.tiling import predict_tiled
+from training.inference.variants import load_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "response.schema.json").read_text())

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.detections import check_threshold, components, defect_mask, summarize, union_bbox
+from training.inference.answer import check_threshold, components, defect_mask, summarize, union_bbox
 
 
 def probabilities() -> np.ndarray:

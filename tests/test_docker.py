@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from training.torchserve import LISTENERS, read_properties
+from training.serving.launcher import LISTENERS, read_properties
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "docker" / "Dockerfile"

@@ -3,8 +3,8 @@ import shutil
 import numpy as np
 import pytest
 
-from training.evaluate import BINS, Curve, Rule, detection_scores, evaluate, parse_rule
-from training.model import load_checkpoint
+from training.inference.model import load_checkpoint
+from training.learning.evaluate import BINS, Curve, Rule, detection_scores, evaluate, parse_rule
 
 
 def test_curve_counts_and_threshold_rules():
@@ -50,7 +50,7 @@ def test_parse_rule_rejects(words):
 
 
 def test_detection_scores_against_truth_and_heuristic(tiny_prepared):
-    from training.dataset import load_split
+    from training.learning.dataset import load_split
 
     records = load_split(tiny_prepared, "test", "heuristic")
     perfect = detection_scores([r.truth > 0 for r in records], records)
@@ -78,8 +78,8 @@ def test_evaluate_writes_threshold_into_the_checkpoint_and_a_report(tiny_run, tm
 
 
 def test_evaluate_on_real_data_without_truth_reports_n_a(tiny_run, tiny_prepared, tmp_path):
-    from training.model import save_checkpoint
-    from training.prepare import PrepareConfig, prepare
+    from training.inference.model import save_checkpoint
+    from training.preparation.prepare import PrepareConfig, prepare
 
     data = tmp_path / "no_truth"
     prepare(tiny_prepared.parent / "synth" / "raw", data, PrepareConfig(split=(0.5, 0.25, 0.25)), None, None, workers=1)

@@ -12,7 +12,7 @@ import requests
 
 from client.client import DefectClient
 from tests.images_for_tests import encode, triplet
-from training.torchserve import LISTENERS, free_port, start
+from training.serving.launcher import LISTENERS, free_port, start
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.images import ImageError, decode_gray, encode_png, read_png_array, write_atomic
+from training.inference.images import ImageError, decode_gray, encode_png, read_png_array, write_atomic
 
 
 def png_bytes(array: np.ndarray) -> bytes:

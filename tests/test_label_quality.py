@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.label_quality import findings, layer_stats, pick_examples, summarize
+from training.preparation.label_quality import findings, layer_stats, pick_examples, summarize
 
 
 def tiny_layer():

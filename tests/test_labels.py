@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.labels import LabelConfig, anomaly_mask, light_votes, vote
+from training.preparation.labels import LabelConfig, anomaly_mask, light_votes, vote
 
 
 def noisy_bed(seed=0, size=96):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tests.images_for_tests import encode, png_header_only, triplet
-from training.layer import REASONS, LayerError, declared_size, decode_layer
+from training.inference.layer import REASONS, LayerError, declared_size, decode_layer
 
 
 def test_a_triplet_becomes_a_stack_with_channel_k_from_image_k():

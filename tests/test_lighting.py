@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.lighting import Light, Materials, light_visibility, parse_azimuths, shade, surface_normals
+from training.renderer.lighting import Light, Materials, light_visibility, parse_azimuths, shade, surface_normals
 
 PITCH = 10.0  # micrometres per pixel
 

@@ -2,8 +2,7 @@
 
 import pytest
 
-from bench.load import load_and_fault, matrix_section, replace_section, summarize
-from training.bench import SERVING_MARKER
+from bench.load import load_and_fault, matrix_report, summarize
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -21,7 +20,7 @@ def test_load_without_errors_or_memory_growth_and_a_killed_worker_loses_nothing(
     assert fault["worker_ready_after_kill_s"] is not None
 
 
-def test_the_serving_section_replaces_its_predecessor_and_keeps_the_rest(tmp_path):
+def test_the_throughput_report_states_its_command_and_ratios():
     rows = [
         {"variant": v, "batch": 1, "workers": 1, "threads": 2, "concurrency": c, "p50_ms": p, "p95_ms": p,
          "p99_ms": p, "throughput_per_s": 1000 / p, "model_p50_ms": p / 1.2}
@@ -30,10 +29,5 @@ def test_the_serving_section_replaces_its_predecessor_and_keeps_the_rest(tmp_pat
     summary = summarize(rows)
     assert summary["throughput_ratio"] == pytest.approx(4.0)
     assert summary["median_overhead"] == pytest.approx(1.2)
-    report = tmp_path / "benchmarks.md"
-    report.write_text("# Benchmarks\n\nmodel figures\n")
-    replace_section(report, matrix_section(rows, summary, "python -m bench matrix X", 512))
-    replace_section(report, matrix_section(rows, summary, "python -m bench matrix Y", 512))
-    text = report.read_text()
-    assert text.startswith("# Benchmarks\n\nmodel figures") and text.count(SERVING_MARKER) == 1
-    assert "matrix Y" in text and "matrix X" not in text and "**4.0x**" in text
+    text = matrix_report(rows, summary, "python -m bench matrix X", 512)
+    assert text.startswith("# Serving throughput") and "python -m bench matrix X" in text and "**4.0x**" in text

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from training.losses import dice_bce_loss, pos_weight_from_density, soft_dice_loss, weighted_bce
+from training.learning.losses import dice_bce_loss, pos_weight_from_density, soft_dice_loss, weighted_bce
 
 
 def test_dice_is_near_zero_for_a_confident_match_and_near_one_for_a_confident_miss():

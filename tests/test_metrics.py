@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from training.metrics import Counts, components_found, confusion
+from training.learning.metrics import Counts, components_found, confusion
 
 
 def test_confusion_counts_on_a_tiny_mask():

@@ -2,8 +2,8 @@ import logging
 
 import torch
 
-from training.config import ModelConfig
-from training.model import (
+from training.inference.config import ModelConfig
+from training.inference.model import (
     build_model,
     cached_encoder_weights,
     load_checkpoint,

@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from training.images import read_png_array
-from training.prepare import PrepareConfig, parse_split, prepare, split_of
-from training.synth import SynthConfig, synthesize
+from training.inference.images import read_png_array
+from training.preparation.prepare import PrepareConfig, parse_split, prepare, split_of
+from training.renderer.synth import SynthConfig, synthesize
 
 
 @pytest.fixture(scope="module")

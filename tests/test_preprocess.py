@@ -3,8 +3,8 @@ import itertools
 import numpy as np
 import pytest
 
-from training.config import ModelConfig
-from training.preprocess import channel_statistics, normalize, pad_to_multiple, to_unit
+from training.inference.config import ModelConfig
+from training.inference.preprocess import channel_statistics, normalize, pad_to_multiple, to_unit
 
 
 def test_to_unit_scales_by_bit_depth():
@@ -51,7 +51,7 @@ def test_model_config_round_trip_and_checks():
 
 
 def test_tiles_cover_the_image_with_the_overlap():
-    from training.inference import tile_starts
+    from training.inference.tiling import tile_starts
 
     assert tile_starts(512, 512, 64) == [0]
     assert tile_starts(2048, 512, 64) == [0, 448, 896, 1344, 1536]
@@ -61,7 +61,7 @@ def test_tiles_cover_the_image_with_the_overlap():
 
 
 def test_blend_ramps_of_neighbouring_tiles_sum_to_one_in_their_overlap():
-    from training.inference import blend_weights
+    from training.inference.tiling import blend_weights
 
     weights = blend_weights(8, 4)
     ramp = np.sqrt(np.diag(weights))  # weights are the outer product of one ramp with itself
@@ -74,7 +74,7 @@ def test_tiled_prediction_blends_to_the_whole_image_result_for_a_pointwise_model
     """A 1x1-conv model has no spatial context, so tiling must not change a single probability."""
     import torch
 
-    from training.inference import predict_probabilities, predict_tiled
+    from training.inference.tiling import predict_probabilities, predict_tiled
 
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 1, kernel_size=1).eval()

@@ -3,9 +3,9 @@ import io
 import pytest
 import torch
 
-from training.config import ModelConfig
-from training.model import build_model
-from training.quantization import QuantizationConfig, freeze, load_int8, quantize_dynamic, quantize_static
+from training.inference.config import ModelConfig
+from training.inference.model import build_model
+from training.inference.quantization import QuantizationConfig, freeze, load_int8, quantize_dynamic, quantize_static
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from training.layer import LayerError
-from training.request import BadRequest, parse_request, request_options
+from handler.request import BadRequest, parse_request, request_options
+from training.inference.layer import LayerError
 
 IMAGES = [b"img0", b"img1", b"img2"]
 

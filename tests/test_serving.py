@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from training.serving import ServingConfig
+from handler.settings import ServingConfig
 
 
 def test_yaml_round_trip_puts_torchserve_keys_on_top():

@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from training.lighting import Light, Materials, shade
-from training.symmetry import _ELEMENTS, allowed_transforms, transformed_azimuth
+from training.learning.symmetry import _ELEMENTS, allowed_transforms, transformed_azimuth
+from training.renderer.lighting import Light, Materials, shade
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
-from training.defects import CLASS_IDS, CLASSES
-from training.images import read_png_array
-from training.surface import SurfaceConfig
-from training.synth import SynthConfig, generate_layer, synthesize
+from training.inference.images import read_png_array
+from training.renderer.defects import CLASS_IDS, CLASSES
+from training.renderer.surface import SurfaceConfig
+from training.renderer.synth import SynthConfig, generate_layer, synthesize
 
 SMALL = SynthConfig(size=96)
 

@@ -16,7 +16,7 @@ import requests
 
 from tests.images_for_tests import encode, png_header_only
 from tests.service import answer_of
-from training.synth import SynthConfig, generate_layer
+from training.renderer.synth import SynthConfig, generate_layer
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 

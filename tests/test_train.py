@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from training.model import load_checkpoint
-from training.train import TrainConfig, lr_factor, resolve_device, train
+from training.inference.model import load_checkpoint
+from training.learning.train import TrainConfig, lr_factor, resolve_device, train
 
 TINY = TrainConfig("tiny", epochs=2, repeats=1, batch_size=2, crop=32, lr=1e-3, patience=5)
 

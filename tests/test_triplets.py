@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.triplets import Dropped, LoadedTriplet, Triplet, group_files, load_triplet
+from training.preparation.triplets import Dropped, LoadedTriplet, Triplet, group_files, load_triplet
 
 
 def write(path, array):

@@ -3,9 +3,9 @@ import shutil
 import pytest
 import torch
 
-from training.model import load_checkpoint
-from training.quantization import load_int8
-from training.variants import ChannelsLast, load_variant, variant_of
+from training.inference.model import load_checkpoint
+from training.inference.quantization import load_int8
+from training.inference.variants import ChannelsLast, load_variant, variant_of
 
 
 def test_fp32_variant_is_the_checkpoint_in_channels_last(tiny_variants):

@@ -14,13 +14,13 @@ import torch
 
 from tests.images_for_tests import encode
 from tests.service import answer_of
-from training.archive import build_archives
-from training.config import ModelConfig
-from training.inference import predict_tiled
-from training.model import save_checkpoint
-from training.synth import SynthConfig, generate_layer
-from training.torchserve import LISTENERS, free_port, start
-from training.variants import load_variant
+from training.inference.config import ModelConfig
+from training.inference.model import save_checkpoint
+from training.inference.tiling import predict_tiled
+from training.inference.variants import load_variant
+from training.renderer.synth import SynthConfig, generate_layer
+from training.serving.archive import build_archives
+from training.serving.launcher import LISTENERS, free_port, start
 from web.server import make_server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.browser]
@@ -58,7 +58,7 @@ def layers(tmp_path_factory) -> dict[str, list[Path]]:
 def page_store(tiny_variants, layers, tmp_path_factory) -> Path:
     """Archives of the tiny model with a threshold between its highest probability on the clean layer and on the
     defective one, so the page meets both a fail and a pass (the two-epoch model separates them only so far)."""
-    from training.images import read_gray
+    from training.inference.images import read_gray
 
     models = [load_variant(tiny_variants / f"model_{v}.pt") for v in ("fp32", "int8")]
     peaks = {}

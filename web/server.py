@@ -20,7 +20,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
-from training.torchserve import CONFIG, read_properties
+from training.serving.launcher import CONFIG, read_properties
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m web.vendor PACKAGE VERSION SHA512 OUT", file=sys.stderr)
         return 2
     package, version, sha512, out = argv
-    from training.images import write_atomic
+    from training.inference.images import write_atomic
 
     try:
         data = fetch(package, version, sha512, f"package/{Path(out).name}")

@@ -1,0 +1,140 @@
+"""A serving request -> three encoded images and options: TorchServe's request dicts, whether multipart (fields
+angle0..2 and the text fields threshold, return_mask) or a JSON body {"images": [b64 x 3]}.
+
+`BadRequest` carries the HTTP status and a machine-readable reason with a message that says what was wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from training.inference.answer import check_threshold
+from training.inference.layer import LIGHTS, LayerError
+
+IMAGE_FIELDS = tuple(f"angle{k}" for k in range(LIGHTS))
+OPTION_FIELDS = ("threshold", "return_mask")
+STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large"}
+
+
+class BadRequest(ValueError):
+    """A request this handler cannot answer, with the HTTP status and a machine-readable reason."""
+
+    def __init__(self, message: str, reason: str, code: int = 400) -> None:
+        super().__init__(message)
+        self.reason, self.code = reason, code
+
+    @property
+    def phrase(self) -> str:
+        return STATUS_PHRASES.get(self.code, "Bad Request")
+
+    @classmethod
+    def from_layer_error(cls, err: LayerError) -> BadRequest:
+        return cls(str(err), err.reason, 413 if err.reason == "too_many_pixels" else 400)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "type": "BadRequest", "reason": self.reason, "message": str(self)}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
+
+
+def flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = _text(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise BadRequest(f"{name} must be true or false, got {_text(value)[:40]!r}", "invalid_option")
+
+
+def _blob(value: Any, name: str) -> bytes:
+    """A multipart field's content as bytes: a file arrives as bytes; a text field as str (decoded by TorchServe)."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", errors="surrogateescape")  # the decoder will say it is not an image
+    raise BadRequest(
+        f"{name} arrived as {type(value).__name__} (sent with a JSON content type?), not as an image file", "unreadable"
+    )
+
+
+def _b64(value: Any, name: str) -> bytes:
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a base64 string, got {type(value).__name__}", "invalid_base64")
+    if value.startswith("data:") and "," in value:  # a data URL, as a browser's FileReader makes
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise BadRequest(f"{name} is not valid base64: {err}", "invalid_base64") from err
+
+
+def parse_request(request: dict[str, Any]) -> tuple[list[bytes], list[str], dict[str, Any]]:
+    """One TorchServe request -> (three image byte strings, their names, options). Multipart fields angle0..2 (and
+    form fields threshold, return_mask), or a JSON body {"images": [b64, b64, b64], "threshold": .., ...}."""
+    options = {k: request[k] for k in OPTION_FIELDS if k in request}
+    if any(k in request for k in IMAGE_FIELDS):
+        unknown = sorted(set(request) - set(IMAGE_FIELDS) - set(OPTION_FIELDS))
+        if unknown:
+            raise BadRequest(
+                f"unexpected field(s) {unknown}; send {', '.join(IMAGE_FIELDS)} and optionally "
+                f"{', '.join(OPTION_FIELDS)}",
+                "unexpected_field",
+            )
+        missing = [k for k in IMAGE_FIELDS if k not in request]
+        if missing:
+            raise BadRequest(
+                f"missing image field(s) {missing}; a layer needs {', '.join(IMAGE_FIELDS)}", "image_count"
+            )
+        return [_blob(request[k], k) for k in IMAGE_FIELDS], list(IMAGE_FIELDS), options
+    body = request.get("body", request.get("data"))
+    if body is None:
+        raise BadRequest(
+            f'no images: send multipart fields {", ".join(IMAGE_FIELDS)} or a JSON body {{"images": [b64, b64, b64]}}',
+            "image_count",
+        )
+    if isinstance(body, (bytes, bytearray)) and not body.strip():
+        raise BadRequest(
+            f'the request is empty: send multipart fields {", ".join(IMAGE_FIELDS)} or a JSON body {{"images": [b64, b64, b64]}}',
+            "image_count",
+        )
+    if isinstance(body, (bytes, bytearray)):
+        try:
+            body = json.loads(bytes(body))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BadRequest(
+                f"the body is neither multipart nor valid JSON ({err}); send multipart fields "
+                f'{", ".join(IMAGE_FIELDS)} or {{"images": [b64, b64, b64]}}',
+                "invalid_json",
+            ) from err
+    if not isinstance(body, dict) or not isinstance(body.get("images"), list):
+        raise BadRequest(
+            'the JSON body must be an object with "images": a list of three base64 strings', "invalid_json"
+        )
+    unknown = sorted(set(body) - {"images", *OPTION_FIELDS})
+    if unknown:
+        raise BadRequest(
+            f"unexpected JSON key(s) {unknown}; allowed: images, {', '.join(OPTION_FIELDS)}", "unexpected_field"
+        )
+    images = body["images"]
+    if len(images) != LIGHTS:
+        raise BadRequest(f"got {len(images)} images; a layer needs {LIGHTS}, one per light", "image_count")
+    names = [f"images[{k}]" for k in range(LIGHTS)]
+    options.update({k: body[k] for k in OPTION_FIELDS if k in body})
+    return [_b64(v, n) for v, n in zip(images, names, strict=True)], names, options
+
+
+def request_options(options: dict[str, Any], default_threshold: float) -> tuple[float, bool]:
+    """(threshold, return_mask) of a request: its own threshold (0..1) if it sent one, else the model's."""
+    try:
+        threshold = check_threshold(options["threshold"]) if "threshold" in options else default_threshold
+    except ValueError as err:
+        raise BadRequest(str(err), "invalid_option") from err
+    return_mask = flag(options["return_mask"], "return_mask") if "return_mask" in options else True
+    return threshold, return_mask

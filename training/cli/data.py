@@ -1,0 +1,141 @@
+"""`synth` and `prepare`: the renderer and data preparation."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from training.cli.common import command_line
+
+log = logging.getLogger("training")
+
+
+def add_synth(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="render synthetic three-light layer images with exact defect truth",
+        description="Render synthetic powder-bed layers: a height field with parts and defects, lit from three "
+        "azimuths, with exact truth masks and per-layer metadata. Writes OUT/raw, OUT/truth, OUT/meta.",
+    )
+    p.add_argument("--out", type=Path, default=Path("data/synth"), help="output folder (default: data/synth)")
+    p.add_argument("--layers", type=int, default=100, help="number of layers (default: 100)")
+    p.add_argument("--size", type=int, help="layer width = height in pixels (default: 512)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
+    p.add_argument("--start", type=int, default=0, help="index of the first layer, to extend a set (default: 0)")
+    p.add_argument("--lights", help="three light azimuths in degrees, counter-clockwise from +x (default: 0,120,240)")
+    p.add_argument("--elevation", type=float, help="light elevation above the bed in degrees (default: 30)")
+    p.add_argument("--pitch", type=float, help="pixel pitch on the bed in micrometres (default: 25)")
+    p.add_argument("--supersample", type=int, help="render pixels per camera pixel, per axis (default: 2)")
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), help="bits per pixel of the PNG files (default: 8)")
+    p.add_argument("--clean-fraction", type=float, help="share of layers without defects (default: 0.2)")
+    p.add_argument("--classes", help="comma-separated defect classes to draw, or 'all' (default: all)")
+    p.add_argument("--config", type=Path, help="JSON file with SynthConfig fields (as in OUT/synth_config.json)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.set_defaults(run=run_synth)
+
+
+def run_synth(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.renderer import defects, lighting
+    from training.renderer.synth import SynthConfig, synthesize
+
+    config = SynthConfig.from_json(json.loads(args.config.read_text())) if args.config else SynthConfig()
+    overrides: dict = {}
+    if args.size is not None:
+        overrides["size"] = args.size
+    if args.lights is not None:
+        overrides["azimuths_deg"] = lighting.parse_azimuths(args.lights)
+    if args.elevation is not None:
+        overrides["elevation_deg"] = lighting.check_elevation(args.elevation)
+    if args.pitch is not None:
+        overrides["pitch_um"] = args.pitch
+    if args.supersample is not None:
+        overrides["supersample"] = args.supersample
+    if args.clean_fraction is not None:
+        overrides["clean_fraction"] = args.clean_fraction
+    if args.bit_depth is not None:
+        overrides["camera"] = dataclasses.replace(config.camera, bit_depth=args.bit_depth)
+    config = dataclasses.replace(config, **overrides)
+    if args.classes is not None:
+        config = config.only_classes(defects.parse_classes(args.classes))
+
+    summary = synthesize(
+        config,
+        args.out,
+        args.layers,
+        seed=args.seed,
+        workers=args.workers,
+        start=args.start,
+        command=command_line(argv),
+    )
+    found = ", ".join(f"{n} {c}" for n, c in summary["instances"].items() if c)
+    log.info("defect instances: %s; defect-free layers: %d", found or "none", summary["clean_layers"])
+    log.info(
+        "%.1f layers/s (%d layers in %.1f s, %d workers)",
+        summary["layers_per_second"],
+        args.layers,
+        summary["seconds"],
+        summary["workers"],
+    )
+    return (
+        f"wrote {args.layers} layers to {args.out}/raw (images), {args.out}/truth (class maps), "
+        f"{args.out}/meta (JSON) and {args.out}/synth_config.json"
+    )
+
+
+def add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="filter raw triplets, stack them, make heuristic labels, split, report",
+        description="Group RAW/<layer_id>_a<k>.<ext> files into triplets, drop unusable ones (with reasons), "
+        "write stacked images, heuristic labels and manifest.csv to OUT; with --truth, also write the "
+        "label-quality report.",
+    )
+    p.add_argument(
+        "--raw", type=Path, default=Path("data/synth/raw"), help="folder of raw images (default: data/synth/raw)"
+    )
+    p.add_argument("--out", type=Path, default=Path("data/processed"), help="output folder (default: data/processed)")
+    p.add_argument(
+        "--vote",
+        default="majority",
+        choices=("and", "majority", "or"),
+        help="how many lights must agree: 3, 2 or 1 (default: majority)",
+    )
+    p.add_argument("--truth", type=Path, help="folder of exact truth class maps <layer_id>.png (synthetic data)")
+    p.add_argument(
+        "--lights",
+        help="azimuths of the lights of a0, a1, a2 in degrees (default: from synth_config.json, else 0,120,240)",
+    )
+    p.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions (default: 0.7,0.15,0.15)")
+    p.add_argument("--threshold", type=float, help="anomaly threshold in robust standard deviations (default: 2.5)")
+    p.add_argument("--background-sigma", type=float, help="background blur in pixels (default: 12)")
+    p.add_argument("--min-area", type=int, help="smallest labelled component in pixels (default: 12)")
+    p.add_argument("--report-dir", type=Path, default=Path("docs"), help="where label_quality.md goes (default: docs)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.set_defaults(run=run_prepare)
+
+
+def run_prepare(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.preparation.labels import LabelConfig
+    from training.preparation.prepare import PrepareConfig, parse_split, prepare
+
+    label_args = {
+        "threshold": args.threshold,
+        "background_sigma_px": args.background_sigma,
+        "min_area_px": args.min_area,
+    }
+    labels = LabelConfig(**{k: v for k, v in label_args.items() if v is not None})
+    from training.renderer.lighting import parse_azimuths
+
+    azimuths = parse_azimuths(args.lights) if args.lights else None
+    config = PrepareConfig(vote=args.vote, labels=labels, split=parse_split(args.split), azimuths_deg=azimuths)
+    report = prepare(args.raw, args.out, config, args.truth, args.report_dir, args.workers, command_line(argv))
+    splits = ", ".join(f"{n} {s}" for s, n in report["splits"].items())
+    where = f"wrote {report['kept']} layers ({splits}) to {args.out} (manifest.csv, images/, masks/"
+    where += ", truth/)" if args.truth else ")"
+    where += f"; dropped {report['dropped']} (reasons in {args.out}/dropped.csv)"
+    if "label_quality" in report:
+        where += f"; label quality: {report['label_quality']['markdown']}"
+    return where

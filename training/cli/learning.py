@@ -1,0 +1,198 @@
+"""`train`, `evaluate` and `quantize`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+from training.cli.common import command_line, ints
+
+log = logging.getLogger("training")
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the U-Net (MobileNetV2 encoder) on a prepared folder",
+        description="Train on DATA (written by prepare). Writes OUT/checkpoint.pt (best by validation F1), "
+        "OUT/last.pt, metrics.csv, curves.png, tb/ and args.json. Start with torchrun for several processes.",
+    )
+    p.add_argument(
+        "--data", type=Path, default=Path("data/processed"), help="prepared folder (default: data/processed)"
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/default"), help="run folder (default: runs/default)")
+    p.add_argument(
+        "--profile",
+        default="quick",
+        choices=("quick", "full"),
+        help="quick: <= 4 min on 2 CPU cores; full: the recipe for a better model (default: quick)",
+    )
+    p.add_argument(
+        "--labels",
+        default="heuristic",
+        choices=("heuristic", "truth", "masks"),
+        help="what to learn from (default: heuristic, what real data has)",
+    )
+    p.add_argument("--masks", type=Path, help="with --labels masks: folder of <layer_id>.png masks (nonzero = defect)")
+    p.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="auto: cuda, then mps, then cpu"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument(
+        "--pos-weight",
+        type=float,
+        help="BCE weight of defect pixels (default: background/defect ratio of the training labels)",
+    )
+    p.add_argument(
+        "--pretrained", action="store_true", help="ImageNet encoder weights, only if already in the local cache"
+    )
+    p.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
+    p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
+    p.add_argument("--max-minutes", type=float, help="override the profile's time budget")
+    p.add_argument("--batch-size", type=int, help="override the profile's batch size")
+    p.add_argument("--crop", type=int, help="override the profile's training crop size (a multiple of 32)")
+    p.add_argument("--repeats", type=int, help="override the profile's crops per layer per epoch")
+    p.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.learning.train import check_profile, train
+
+    overrides = {
+        "epochs": args.epochs,
+        "max_minutes": args.max_minutes,
+        "batch_size": args.batch_size,
+        "crop": args.crop,
+        "repeats": args.repeats,
+    }
+    profile = dataclasses.replace(check_profile(args.profile), **{k: v for k, v in overrides.items() if v is not None})
+    summary = train(
+        args.data,
+        args.out,
+        profile,
+        labels=args.labels,
+        masks_dir=args.masks,
+        device_name=args.device,
+        seed=args.seed,
+        pos_weight=args.pos_weight,
+        pretrained=args.pretrained,
+        resume=args.resume,
+        loader_workers=args.loader_workers,
+        command=command_line(argv),
+    )
+    if not summary:  # not the main process of a distributed run
+        return ""
+    return (
+        f"best epoch {summary['best_epoch']} of {summary['epochs_run']}: val F1 {summary['f1']:.3f}, "
+        f"defect recall {summary['defect_recall']:.3f} ({summary['seconds']:.0f} s); wrote {args.out}/checkpoint.pt, "
+        f"last.pt, metrics.csv, curves.png, tb/, args.json"
+    )
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="precision-recall curve, threshold choice written into the checkpoint, report vs exact truth",
+        description="Choose each checkpoint's decision threshold on --threshold-split by --rule, write it into the "
+        "checkpoint's ModelConfig, and report scores on --split against exact truth and heuristic labels, with the "
+        "heuristic labeller as a baseline.",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, action="append", required=True, help="checkpoint.pt (repeat to compare models)"
+    )
+    p.add_argument("--data", type=Path, help="prepared folder (default: the one the first model was trained on)")
+    p.add_argument("--split", default="test", help="split to report on (default: test)")
+    p.add_argument("--threshold-split", default="val", help="split the threshold is chosen on (default: val)")
+    p.add_argument("--rule", nargs="+", default=["max-f1"], metavar="RULE", help="max-f1 (default) or: min-recall R")
+    p.add_argument(
+        "--reference",
+        default="labels",
+        choices=("labels", "truth"),
+        help="choose the threshold against the model's own label source (default) or exact truth",
+    )
+    p.add_argument("--report", type=Path, help="Markdown report (default: results.md next to the first checkpoint)")
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.learning.evaluate import evaluate, parse_rule
+
+    report = args.report or args.checkpoint[0].parent / "results.md"
+    results = evaluate(
+        args.checkpoint, report, args.data, args.split, args.threshold_split, parse_rule(args.rule), args.reference,
+        command_line(argv),
+    )  # fmt: skip
+    lines = []
+    for r in results:
+        truth = r["scores"]["vs_truth"]
+        score = (
+            f"{args.split} F1 vs truth {truth['f1']:.3f}"
+            if truth
+            else f"{args.split} F1 vs heuristic labels {r['scores']['vs_heuristic']['f1']:.3f}"
+        )
+        lines.append(f"{r['checkpoint']}: threshold {r['threshold']:.3f}, {score}")
+    return "\n".join([*lines, f"wrote {report} with its figures; thresholds written into the checkpoints"])
+
+
+def add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quantize",
+        help="float32 and static int8 state dicts of a checkpoint, with int8-vs-float agreement",
+        description="Quantize a trained checkpoint to int8 (static post-training, FX graph mode, per-channel weights, "
+        "fused conv-bn-relu, calibrated on training layers) and measure it against the float model on --split.",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt written by train (and evaluate)")
+    p.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
+    p.add_argument("--calibration", type=int, default=32, help="training layers to calibrate on (default: 32)")
+    p.add_argument(
+        "--observer",
+        default="histogram",
+        choices=("minmax", "histogram"),
+        help="activation observer (default: histogram)",
+    )
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=("auto", "x86", "onednn", "fbgemm"),
+        help="quantized kernels; auto: time each on this machine and keep the fastest (default)",
+    )
+    p.add_argument(
+        "--float-modules", default="", help="comma-separated module names to keep in float32, e.g. segmentation_head"
+    )
+    p.add_argument("--data", type=Path, help="prepared folder (default: the one the model was trained on)")
+    p.add_argument("--split", default="test", help="split for the agreement figures (default: test)")
+    p.add_argument("--report", type=Path, help="also write the agreement table as Markdown (e.g. docs/quantization.md)")
+    p.add_argument(
+        "--sweep", help="first measure both observers with these calibration counts on the val split, e.g. 4,8,16,32,64"
+    )
+    p.set_defaults(run=run_quantize)
+
+
+def run_quantize(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.inference.quantization import QuantizationConfig
+    from training.learning.quantize import quantize_checkpoint, write_report
+
+    floats = tuple(n.strip() for n in args.float_modules.split(",") if n.strip())
+    engine = "x86" if args.engine == "auto" else args.engine
+    settings = QuantizationConfig(
+        engine=engine, observer=args.observer, calibration_images=args.calibration, float_modules=floats
+    )
+    report = quantize_checkpoint(
+        args.checkpoint, args.out, settings, args.data, args.split, command_line(argv), args.engine == "auto",
+        ints(args.sweep) if args.sweep else None,
+    )  # fmt: skip
+    if args.report:
+        write_report(report, args.report)
+    static, sizes = report["static_int8"], report["sizes_bytes"]
+    f1 = (
+        f", F1 vs truth {static['f1_float']:.3f} (fp32) / {static['f1_int8']:.3f} (int8)" if "f1_int8" in static else ""
+    )
+    return (
+        f"int8 vs fp32 on {report['layers']} {args.split} layers: mask IoU {static['mask_iou']:.3f}, decision agreement "
+        f"{static['decision_agreement']:.3f}{f1}; wrote {report['files']['fp32']} ({sizes['fp32'] / 1e6:.1f} MB), "
+        f"{report['files']['int8']} ({sizes['int8'] / 1e6:.1f} MB) and quantization.json"
+        + (f"; report {args.report}" if args.report else "")
+    )

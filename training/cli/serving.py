@@ -1,0 +1,135 @@
+"""`archive`, `serve` and `stop`: TorchServe archives and the local server; and `bench`, kept for old scripts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("training")
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    """Listed in the help only: `main` hands `python -m training bench ...` to `python -m bench model ...`."""
+    sub.add_parser("bench", help="the same as `python -m bench model` (kept for old scripts)", add_help=False)
+
+
+def add_archive(sub: argparse._SubParsersAction) -> None:
+    from handler.settings import ServingConfig
+
+    defaults = ServingConfig()
+    p = sub.add_parser(
+        "archive",
+        help="TorchServe archives defect_fp32.mar and defect_int8.mar from a quantized checkpoint",
+        description="Pack the handler, the shared input/output modules, the weights, the ModelConfig and a "
+        "model-config.yaml per variant into .mar archives with torch-model-archiver. Needs model_fp32.pt and "
+        "model_int8.pt beside the checkpoint (written by quantize).",
+    )
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt (evaluated and quantized)")
+    p.add_argument("--out", type=Path, default=Path("model_store"), help="model store folder (default: model_store)")
+    p.add_argument("--version", default="1.0", help="model version reported in every answer (default: 1.0)")
+    p.add_argument(
+        "--prefix", default="defect", help="model names are <prefix>_fp32 and <prefix>_int8 (default: defect)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.max_workers,
+        help=f"workers per variant (default: {defaults.max_workers})",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.torch_threads,
+        help=f"torch threads per worker (default: {defaults.torch_threads})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"TorchServe batchSize (default: {defaults.batch_size})",
+    )
+    p.add_argument(
+        "--max-batch-delay",
+        type=int,
+        default=defaults.max_batch_delay_ms,
+        help=f"ms to wait for a batch to fill (default: {defaults.max_batch_delay_ms})",
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=defaults.max_image_pixels,
+        help=f"largest image accepted, in pixels (default: {defaults.max_image_pixels})",
+    )
+    p.set_defaults(run=run_archive)
+
+
+def run_archive(args: argparse.Namespace, argv: list[str]) -> str:
+    from handler.settings import ServingConfig
+    from training.serving.archive import build_archives
+
+    serving = ServingConfig(
+        min_workers=args.workers, max_workers=args.workers, batch_size=args.batch_size,
+        max_batch_delay_ms=args.max_batch_delay, torch_threads=args.threads, max_image_pixels=args.max_image_pixels,
+    )  # fmt: skip
+    built = build_archives(args.checkpoint, args.out, serving, args.version, args.prefix)
+    return "wrote " + ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in built.values())
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="start TorchServe in the background with both archives and config.properties",
+        description="Start TorchServe with config.properties and defect_fp32.mar / defect_int8.mar from the model "
+        "store, wait until both answer, and print the endpoints and where the inference key is.",
+    )
+    p.add_argument("--model-store", type=Path, default=Path("model_store"), help="default: model_store")
+    p.add_argument("--home", type=Path, default=Path("runs/serve"), help="logs and key_file.json (default: runs/serve)")
+    p.add_argument("--config", type=Path, default=Path("config.properties"), help="default: config.properties")
+    p.add_argument(
+        "--probe", nargs=3, type=Path, metavar=("A0", "A1", "A2"), help="then send these three images to both variants"
+    )
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.serving.launcher import start
+
+    server = start(args.model_store, args.home, config=args.config)
+    lines = [
+        f"TorchServe is running (home {server.home}):",
+        *[f"  {name:<10} {url}" for name, url in server.urls.items()],
+        f"  models     {', '.join(server.models)}",
+        f"  keys       {server.key_file} (send 'Authorization: Bearer <inference key>'; docs/api.md)",
+    ]
+    if args.probe:
+        from client.client import DefectClient, ServiceError
+
+        client = DefectClient(server.urls["inference"], key_file=server.key_file, retries=0)
+        for model in server.models:
+            try:
+                status, answer = 200, client.predict(args.probe, model).answer
+            except ServiceError as err:
+                status, answer = err.status, {"message": str(err)}
+            if "mask" in answer:
+                answer["mask"]["data"] = answer["mask"]["data"][:32] + "..."
+            answer["components"] = answer.get("components", [])[:3]
+            body = ",\n".join(f"  {json.dumps(key)}: {json.dumps(value)}" for key, value in answer.items())
+            lines += [f"POST {server.urls['inference']}/predictions/{model} ({args.probe[0].name} ...): HTTP {status}",
+                      "{\n" + body + "\n}"]  # fmt: skip
+    lines.append(f"stop it with: make stop (or python -m training stop --home {server.home})")
+    return "\n".join(lines)
+
+
+def add_stop(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stop", help="stop the TorchServe started by serve")
+    p.add_argument("--home", type=Path, default=Path("runs/serve"), help="the serve --home (default: runs/serve)")
+    p.set_defaults(run=run_stop)
+
+
+def run_stop(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.serving.launcher import Server
+
+    said = Server(args.home.resolve(), {}, ()).stop()
+    return f"{args.home}: {said or 'stopped'}"

@@ -1,0 +1,83 @@
+"""Probabilities for a whole layer from the model, through the shared preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.inference.config import ModelConfig
+from training.inference.preprocess import normalize, pad_to_multiple, to_unit
+
+
+def model_input(stack: np.ndarray, config: ModelConfig) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(H, W, 3) uint8/uint16 stack -> (1, 3, H', W') normalised, padded input and the (H, W) to crop back to."""
+    chw, size = pad_to_multiple(normalize(to_unit(stack), config), config.size_multiple)
+    return torch.from_numpy(chw)[None], size
+
+
+@torch.inference_mode()
+def predict_probabilities(
+    model: nn.Module, stack: np.ndarray, config: ModelConfig, device: str | torch.device = "cpu"
+) -> np.ndarray:
+    """(H, W, 3) uint8/uint16 stack -> (H, W) float32 defect probabilities."""
+    x, (h, w) = model_input(stack, config)
+    logits = model(x.to(device))  # (1, 1, H', W')
+    return torch.sigmoid(logits.float())[0, 0, :h, :w].cpu().numpy()
+
+
+def predict_layers(model: nn.Module, stacks: list[np.ndarray], config: ModelConfig) -> list[np.ndarray]:
+    """Probabilities for each stack, in order."""
+    return [predict_probabilities(model, stack, config) for stack in stacks]
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of size `tile` covering 0..length with at least `overlap` pixels shared."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    return [*starts, length - tile]
+
+
+def blend_weights(tile: int, overlap: int) -> np.ndarray:
+    """(tile, tile) weights that ramp linearly over `overlap` pixels at the borders, so overlapping tiles blend."""
+    ramp = np.minimum(1.0, (np.arange(tile) + 0.5) / max(overlap, 1))
+    ramp = np.minimum(ramp, ramp[::-1]).astype(np.float32)
+    return np.outer(ramp, ramp)
+
+
+@torch.inference_mode()
+def predict_tiled(
+    model: nn.Module,
+    stack: np.ndarray,
+    config: ModelConfig,
+    overlap: int = 64,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+) -> np.ndarray:
+    """Probabilities for a layer of any size: tiles of config.tile_size, overlapping by `overlap` pixels, blended.
+    Layers no larger than one tile go through the model whole."""
+    h, w = stack.shape[:2]
+    tile = config.tile_size
+    if h <= tile and w <= tile:
+        return predict_probabilities(model, stack, config, device)
+    if not 0 <= overlap < tile:
+        raise ValueError(f"tile overlap must be within 0..{tile - 1}, got {overlap}")
+    chw = normalize(to_unit(stack), config)  # (3, H, W)
+    ph, pw = max(0, tile - h), max(0, tile - w)  # a side shorter than a tile is padded up to one
+    if ph or pw:
+        chw = np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode="reflect")
+    height, width = chw.shape[1:]
+    weights = blend_weights(tile, overlap)
+    total = np.zeros((height, width), np.float32)
+    norm = np.zeros((height, width), np.float32)
+    corners = [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
+    for i in range(0, len(corners), batch_size):
+        group = corners[i : i + batch_size]
+        batch = torch.from_numpy(np.stack([chw[:, y : y + tile, x : x + tile] for y, x in group]))
+        probs = torch.sigmoid(model(batch.to(device)).float())[:, 0].cpu().numpy()  # (n, tile, tile)
+        for (y, x), p in zip(group, probs, strict=True):
+            total[y : y + tile, x : x + tile] += p * weights
+            norm[y : y + tile, x : x + tile] += weights
+    return (total / norm)[:h, :w]

@@ -1,0 +1,2 @@
+"""The physics renderer: a height field with parts and defects (surface, defects), lit from three azimuths
+(lighting), seen by a camera (camera); `synth` writes layers in the raw-folder layout with exact truth."""

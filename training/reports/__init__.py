@@ -1,0 +1,1 @@
+"""Reports: Markdown and figures rendered from the typed results the commands return."""
