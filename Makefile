@@ -118,11 +118,11 @@ results: results-train
 	$(MAKE) results-docs
 
 # The documents from existing runs: results (both models vs truth), int8 agreement, CPU benchmarks, serving latency,
-# the A/B report, serving throughput (a section of benchmarks.md) and reliability under load.
+# the A/B report, serving throughput (docs/throughput.md) and reliability under load.
 results-docs: setup
 	$(PY) -m training evaluate --checkpoint runs/results-heuristic/checkpoint.pt --checkpoint runs/results-truth/checkpoint.pt --report docs/results.md
 	$(PY) -m training quantize --checkpoint runs/results-truth/checkpoint.pt --report docs/quantization.md --sweep 4,8,16,32,64
-	$(PY) -m training bench --checkpoint runs/results-truth/checkpoint.pt --json runs/results-truth/bench.json
+	$(PY) -m bench model --checkpoint runs/results-truth/checkpoint.pt --json runs/results-truth/bench.json
 	$(PY) -m training archive --checkpoint runs/results-truth/checkpoint.pt --out runs/results-truth/model_store
 	$(PY) -m bench serving --model-store runs/results-truth/model_store --json runs/results-truth/serving.json
 	$(PY) -m client ab-report --model-store runs/results-truth/model_store --data $(RESULTS)/processed --requests 100 --json runs/results-truth/ab_report.json

@@ -25,10 +25,12 @@ from bench.model import cpu_description, measure
 from client.client import DefectClient
 from handler.settings import ServingConfig
 from training.inference.images import encode_png, write_atomic, write_json
+from training.inference.loaders import load_variant
 from training.inference.tiling import predict_tiled
-from training.inference.variants import load_variant
+from training.inference.variants import model_names, variant
 from training.renderer.synth import SynthConfig, generate_layer
 from training.reports.figures import pyplot, save_png
+from training.reports.provenance import produced_by
 from training.serving.launcher import LISTENERS, free_port, start
 
 log = logging.getLogger(__name__)
@@ -78,9 +80,10 @@ def run(
     sizes: list[int],
     repeat: int = 10,
     max_seconds: float = 60.0,
-    models: tuple[str, ...] = ("defect_fp32", "defect_int8"),
+    models: tuple[str, ...] | None = None,
     command: str = "",
 ) -> dict[str, Any]:
+    models = models or model_names()
     layers = {size: synthetic_layer(size) for size in sizes}
     blobs = {size: [encode_png(im) for im in images] for size, images in layers.items()}
     rows: list[dict[str, Any]] = []
@@ -121,8 +124,9 @@ def write_report(result: dict[str, Any], report: Path) -> None:
     speedups = []
     for size in sorted({r["size"] for r in rows}):
         pair = {r["model"]: r for r in rows if r["size"] == size}
-        if {"defect_fp32", "defect_int8"} <= set(pair):
-            ratio = pair["defect_fp32"]["http"]["median_ms"] / pair["defect_int8"]["http"]["median_ms"]
+        fp32, int8 = variant("fp32").model_name, variant("int8").model_name
+        if {fp32, int8} <= set(pair):
+            ratio = pair[fp32]["http"]["median_ms"] / pair[int8]["http"]["median_ms"]
             speedups.append(f"- {size}²: int8 answers {ratio:.1f}x faster than fp32 over HTTP")
     cpu = result["cpu"]
     threads = sorted({r["torch_threads"] for r in rows})
@@ -130,7 +134,7 @@ def write_report(result: dict[str, Any], report: Path) -> None:
         [
             "# Serving latency: one request at a time over HTTP, beside the model alone",
             "",
-            "Produced by `python -m bench serving`. Regenerate:",
+            f"{produced_by('python -m bench serving')} Regenerate:",
             "",
             "```bash",
             result["command"],

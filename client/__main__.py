@@ -1,4 +1,8 @@
-"""python -m client predict | batch | ab-report: the factory side of the defect detection service."""
+"""python -m client predict | batch | ab-report: the factory side of the defect detection service.
+
+Exit status: 0 done; 1 the service refused a request or never answered it (batch: any layer; its outputs are still
+written); 2 bad input (arguments, files).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,22 @@ import shutil
 import sys
 from pathlib import Path
 
-from client.ab import ABClient, WeightedSplit, decode_mask
+from client.ab import ABClient, WeightedSplit, decode_mask, example_split
 from client.client import DEFAULT_KEY_FILE, DEFAULT_URL, KEY_ENV, DefectClient, ServiceError
+from training.inference.variants import default_model, model_names
+
+
+class LayersFailed(ServiceError):
+    """Some layers of a batch got no answer; the outputs are written and `summary` says what was."""
+
+    def __init__(self, message: str, summary: str) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=DEFAULT_URL, help=f"inference address (default: {DEFAULT_URL})")
-    p.add_argument("--model", default="defect_int8", help="model (variant) to ask (default: defect_int8)")
+    p.add_argument("--model", default=default_model(), help=f"model (variant) to ask (default: {default_model()})")
     p.add_argument("--key", help=f"inference key (default: ${KEY_ENV}, else the key file)")
     p.add_argument(
         "--key-file",
@@ -30,7 +43,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _ab(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--ab", help="weighted split, sticky per layer id, e.g. defect_fp32=0.9,defect_int8=0.1")
+    group.add_argument("--ab", help=f"weighted split, sticky per layer id, e.g. {example_split()}")
     group.add_argument("--shadow", help="PRIMARY,SHADOW: ask both, keep the primary's answer, record the comparison")
 
 
@@ -49,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     _ab(p)
 
-    p = sub.add_parser("batch", help="every complete triplet of a folder, with progress, JSON lines and a CSV")
+    p = sub.add_parser(
+        "batch",
+        help="every complete triplet of a folder, with progress, JSON lines and a CSV; exits 1 if a layer failed",
+    )
     p.add_argument("--raw", type=Path, required=True, help="folder of <layer_id>_a<k>.<ext> files")
     p.add_argument(
         "--out", type=Path, default=Path("results.jsonl"), help="JSON lines, one per layer (default: results.jsonl)"
@@ -65,9 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, required=True, help="prepared folder (manifest.csv) or synthetic folder (raw/, truth/)"
     )
     p.add_argument("--split", default="test", help="split of a prepared folder ('all' for every layer; default: test)")
-    p.add_argument(
-        "--models", default="defect_fp32,defect_int8", help="variants to compare (default: defect_fp32,defect_int8)"
-    )
+    models = ",".join(model_names())
+    p.add_argument("--models", default=models, help=f"variants to compare (default: {models})")
     p.add_argument("--requests", type=int, default=50, help="requests per variant (default: 50)")
     p.add_argument("--report", type=Path, default=Path("docs/ab_report.md"), help="default: docs/ab_report.md")
     p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
@@ -91,7 +106,8 @@ def make_router(args: argparse.Namespace, client: DefectClient) -> DefectClient 
     if getattr(args, "shadow", None):
         pair = [m.strip() for m in args.shadow.split(",")]
         if len(pair) != 2 or not all(pair):
-            raise ValueError(f"--shadow takes PRIMARY,SHADOW, e.g. defect_fp32,defect_int8; got {args.shadow!r}")
+            example = ",".join(model_names()[:2])
+            raise ValueError(f"--shadow takes PRIMARY,SHADOW, e.g. {example}; got {args.shadow!r}")
         return ABClient(client, shadow=(pair[0], pair[1]))
     return client
 
@@ -108,7 +124,8 @@ def run_predict(args: argparse.Namespace, argv: list[str]) -> str:
     else:
         prediction, comparison = router.predict(args.angles, None, args.threshold, want_mask, layer_id), None
     result = {"layer_id": layer_id, "model": prediction.model, "latency_ms": round(prediction.latency_ms, 1),
-              "attempts": prediction.attempts, "answer": prediction.answer}  # fmt: skip
+              "attempt_ms": round(prediction.attempt_ms, 1), "attempts": prediction.attempts,
+              "answer": prediction.answer}  # fmt: skip
     if comparison is not None:
         result["shadow"] = comparison
     if args.overlay:
@@ -130,7 +147,11 @@ def run_batch_command(args: argparse.Namespace, argv: list[str]) -> str:
     router = make_router(args, make_client(args))
     result = run_batch(router, args.raw, args.out, args.summary, args.overlays, args.concurrency, args.threshold)
     wrote = [str(args.out), *(str(p) for p in (args.summary, args.overlays) if p)]
-    return f"{result.line()}; wrote {', '.join(wrote)}"
+    summary = f"{result.line()}; wrote {', '.join(wrote)}"
+    failures = result.failure_line()
+    if failures:
+        raise LayersFailed(f"{failures}; each layer's error is in {args.out}", summary)
+    return summary
 
 
 def run_ab_report_command(args: argparse.Namespace, argv: list[str]) -> str:
@@ -173,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         message = RUN[args.command](args, argv)
     except ServiceError as err:
+        if isinstance(err, LayersFailed):
+            print(err.summary)  # what was answered and written, as on success
         print(f"error: {err}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError, RuntimeError, TimeoutError) as err:

@@ -10,18 +10,25 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
 import numpy as np
 
 from client.client import DefectClient, ImageInput, Prediction
+from training.inference.variants import model_names
 from training.learning.metrics import confusion
 
 
+def example_split() -> str:
+    """A weighted split over the registered models, for help texts and messages: 'm1=0.9,m2=0.1'."""
+    names = model_names()
+    return f"{names[0]}=0.9,{names[-1]}=0.1" if len(names) > 1 else f"{names[0]}=1"
+
+
 def parse_weights(text: str) -> dict[str, float]:
-    """'defect_fp32=0.9,defect_int8=0.1' -> {model: share}, shares normalised to sum to 1."""
+    """'a=0.9,b=0.1' -> {model: share}, shares normalised to sum to 1."""
     weights: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
@@ -30,7 +37,7 @@ def parse_weights(text: str) -> dict[str, float]:
         except ValueError:
             weight = -1.0
         if not sep or not name.strip() or weight < 0:
-            raise ValueError(f"expected model=weight pairs such as defect_fp32=0.9,defect_int8=0.1; got {part!r}")
+            raise ValueError(f"expected model=weight pairs such as {example_split()}; got {part!r}")
         if name.strip() in weights:
             raise ValueError(f"model {name.strip()!r} appears twice in {text!r}")
         weights[name.strip()] = weight
@@ -87,6 +94,7 @@ def compare(primary: Prediction, shadow: Prediction) -> dict[str, Any]:
             primary.model: primary.answer["defect_area_px"],
             shadow.model: shadow.answer["defect_area_px"],
         },
+        # each variant's wait as the caller saw it (retries and backoff included), asked one after the other
         "latency_ms": {primary.model: round(primary.latency_ms, 1), shadow.model: round(shadow.latency_ms, 1)},
     }
 
@@ -111,6 +119,5 @@ class ABClient:
         shadow = self.client.predict(images, shadow_model, threshold, True, layer_id)
         comparison = compare(primary, shadow)
         if not return_mask:
-            primary = Prediction(primary.model, {k: v for k, v in primary.answer.items() if k != "mask"},
-                                 primary.latency_ms, primary.attempts, layer_id)  # fmt: skip
+            primary = replace(primary, answer={k: v for k, v in primary.answer.items() if k != "mask"})
         return primary, comparison

@@ -1,7 +1,7 @@
 """ab-report: the served variants side by side over a labeled set, through the real service.
 
-For each variant, `requests` layers are sent one at a time (the set repeated as needed): latency percentiles and
-throughput per variant, F1 against truth over the distinct layers, and the agreement between the first two variants
+For each variant, `requests` layers are sent one at a time (the set repeated as needed): latency percentiles (what
+the caller waited per layer, retries and backoff included) and throughput per variant, F1 against truth over the distinct layers, and the agreement between the first two variants
 (mask IoU per layer, same defect / no-defect decision).
 """
 
@@ -22,6 +22,7 @@ from training.inference.images import encode_png, read_png_array, write_atomic, 
 from training.learning.metrics import Counts, confusion
 from training.preparation.triplets import group_files
 from training.reports.figures import pyplot, save_png
+from training.reports.provenance import produced_by
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def run_ab_report(
         for i in range(requests):
             layer = layers[i % len(layers)]
             prediction = client.predict(layer.blobs, model, return_mask=True, layer_id=layer.layer_id)
-            latencies.append(prediction.latency_ms)
+            latencies.append(prediction.latency_ms)  # the caller's wait, retries and backoff included
             if layer.layer_id not in masks[model]:
                 mask = decode_mask(prediction.answer)
                 masks[model][layer.layer_id] = mask
@@ -129,14 +130,14 @@ def write_report(result: dict[str, Any], report: Path) -> None:
         [
             "# A/B report: the served variants side by side",
             "",
-            "Produced by `python -m client ab-report`. Regenerate:",
+            f"{produced_by('python -m client ab-report')} Regenerate:",
             "",
             "```bash",
             result["command"],
             "```",
             "",
             f"Each variant answered the same layers through {result['service']}, one request at a time "
-            "(latency as the client sees it: HTTP included). F1 is pixel F1 against truth over the distinct layers. "
+            "(latency as the caller waited: HTTP, retries and backoff included). F1 is pixel F1 against truth over the distinct layers. "
             "The machine is shared, so quote ratios.",
             "",
             *rows,
@@ -155,7 +156,7 @@ def write_report(result: dict[str, Any], report: Path) -> None:
     fig, ax = pyplot().subplots(figsize=(6, 3))
     names = list(result["models"])
     ax.boxplot([result["models"][m]["latencies_ms"] for m in names], orientation="horizontal", tick_labels=names)
-    ax.set_xlabel("latency per request as the client sees it (ms)")
+    ax.set_xlabel("latency per layer as the caller waited, retries included (ms)")
     fig.tight_layout()
     save_png(fig, report.with_suffix(".png"))
 

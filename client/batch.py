@@ -3,7 +3,9 @@
 for a person, overlay PNGs.
 
 Results are appended to `<out>.partial` as they come (a crash keeps what was answered) and renamed to `<out>` when
-the batch ends; the CSV is written at the end.
+the batch ends; the CSV is written at the end. A layer's `latency_ms` is what the batch waited for its answer
+(retries and backoff included); `attempt_ms` is the answering request alone. Failed layers are recorded with their
+error and grouped by kind in the result (`BatchResult.failure_line`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = (
     "layer_id", "status", "model", "defect", "max_confidence", "defect_area_pct", "bbox", "components_total",
-    "latency_ms", "attempts", "mask_iou", "decision_agreement", "error",
+    "latency_ms", "attempt_ms", "attempts", "mask_iou", "decision_agreement", "error_kind", "error",
 )  # fmt: skip
 
 
@@ -38,6 +40,7 @@ class BatchResult:
     defects: int = 0
     by_model: Counter = field(default_factory=Counter)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # files that do not form a triplet, with reasons
+    errors: dict[str, list[str]] = field(default_factory=dict)  # error kind -> the layer ids that failed with it
 
     def line(self) -> str:
         models = ", ".join(f"{m} {n}" for m, n in sorted(self.by_model.items()))
@@ -47,15 +50,32 @@ class BatchResult:
             + (f"; skipped files: {dict(skipped)}" if skipped else "")
         )
 
+    def failure_line(self) -> str | None:
+        """'3 of 40 layers failed: 2 x HTTP 400 unreadable (e.g. L7), 1 x no answer after 6 attempts (e.g. L9)',
+        most frequent kind first; None when every layer was answered. Skipped files are not failures."""
+        if not self.failed:
+            return None
+        kinds = sorted(self.errors.items(), key=lambda item: (-len(item[1]), item[0]))
+        groups = ", ".join(f"{len(ids)} x {kind} (e.g. {min(ids)})" for kind, ids in kinds)
+        return f"{self.failed} of {self.answered + self.failed} layers failed: {groups}"
 
-def _record(layer_id: str, files: list[str], prediction=None, comparison=None, error: str | None = None) -> dict:
+
+def error_kind(err: Exception) -> str:
+    """A failure without this layer's details, to group them: "HTTP 400 unreadable", "no answer after 6 attempts",
+    "unreadable file (FileNotFoundError)"."""
+    if isinstance(err, ServiceError):
+        return err.kind
+    return f"unreadable file ({type(err).__name__})"
+
+
+def _record(layer_id: str, files: list[str], prediction=None, comparison=None, error: Exception | None = None) -> dict:
     record: dict[str, Any] = {"layer_id": layer_id, "files": files}
     if error is not None:
-        return {**record, "status": "error", "error": error}
+        return {**record, "status": "error", "error_kind": error_kind(error), "error": str(error)}
     answer = dict(prediction.answer)
     answer.pop("mask", None)  # overlays carry the mask for a person; the JSON lines stay small
     record.update(status="ok", model=prediction.model, latency_ms=round(prediction.latency_ms, 1),
-                  attempts=prediction.attempts, answer=answer)  # fmt: skip
+                  attempt_ms=round(prediction.attempt_ms, 1), attempts=prediction.attempts, answer=answer)  # fmt: skip
     if comparison is not None:
         record["shadow"] = comparison
     return record
@@ -68,8 +88,9 @@ def _summary_row(record: dict[str, Any]) -> dict[str, Any]:
         "defect": answer.get("defect", ""), "max_confidence": answer.get("max_confidence", ""),
         "defect_area_pct": answer.get("defect_area_pct", ""), "bbox": json.dumps(answer.get("bbox")) if answer else "",
         "components_total": answer.get("components_total", ""), "latency_ms": record.get("latency_ms", ""),
-        "attempts": record.get("attempts", ""), "mask_iou": shadow.get("mask_iou", ""),
-        "decision_agreement": shadow.get("decision_agreement", ""), "error": record.get("error", ""),
+        "attempt_ms": record.get("attempt_ms", ""), "attempts": record.get("attempts", ""),
+        "mask_iou": shadow.get("mask_iou", ""), "decision_agreement": shadow.get("decision_agreement", ""),
+        "error_kind": record.get("error_kind", ""), "error": record.get("error", ""),
     }  # fmt: skip
 
 
@@ -84,7 +105,8 @@ def run_batch(
     progress: bool = True,
 ) -> BatchResult:
     """Send every complete triplet of `raw_dir`; write JSON lines to `out`, the CSV to `summary`, overlays to a
-    folder. A layer the service refuses (4xx) or never answers is recorded with its error; the rest go on."""
+    folder. A layer the service refuses (4xx) or never answers is recorded with its error and counted in the
+    result's `failed` and `errors`; the rest go on. The caller decides what failures mean (the command exits 1)."""
     from tqdm import tqdm
 
     raw_dir, out = Path(raw_dir), Path(out)
@@ -109,7 +131,7 @@ def run_batch(
                     None,
                 )
         except (ServiceError, OSError) as err:
-            return _record(triplet.layer_id, files, error=str(err))
+            return _record(triplet.layer_id, files, error=err)
         if overlays is not None:
             write_overlay(triplet.paths, prediction.answer, overlays / f"{triplet.layer_id}.png")
         return _record(triplet.layer_id, files, prediction, comparison)
@@ -132,6 +154,7 @@ def run_batch(
                 result.by_model[record["model"]] += 1
             else:
                 result.failed += 1
+                result.errors.setdefault(record["error_kind"], []).append(record["layer_id"])
                 log.error("%s: %s", record["layer_id"], record["error"])
     os.replace(partial, out)
     if summary is not None:

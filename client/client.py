@@ -4,6 +4,9 @@ Retries: connection errors and HTTP 503 / 507 (a worker restarting or out of res
 exponential backoff and jitter. A key the server calls invalid makes the client re-read the key file once (the
 server rotated it, or restarted with new keys) and try again. Any other 4xx is the caller's mistake: it is raised
 at once with the server's message and not retried.
+
+Latency is what the caller waited: from the first attempt to the answer, retries, backoff sleeps and key reloads
+included (`Prediction.latency_ms`); the last attempt alone is `Prediction.attempt_ms`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 
 import requests
 
+from training.inference.variants import default_model
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_KEY_FILE = Path("runs/serve/key_file.json")
 KEY_ENV = "DEFECT_INFERENCE_KEY"
@@ -27,19 +32,32 @@ ImageInput = bytes | str | Path
 
 
 class ServiceError(RuntimeError):
-    """The service refused a request or could not be reached; `status` is the HTTP status (None: no answer)."""
+    """The service refused a request or could not be reached. `status`: the HTTP status (None: no answer);
+    `reason`: the handler's reason code, else TorchServe's error type; `attempts`: requests sent."""
 
-    def __init__(self, message: str, status: int | None = None, reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, reason: str | None = None, attempts: int | None = None
+    ) -> None:
         super().__init__(message)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.attempts = status, reason, attempts
+
+    @property
+    def kind(self) -> str:
+        """What went wrong without this request's details, to group many failures: "HTTP 400 unreadable",
+        "no answer after 6 attempts"."""
+        if self.status is None:
+            count = f" after {self.attempts} attempt{'s' if self.attempts != 1 else ''}" if self.attempts else ""
+            return f"no answer{count}"
+        return f"HTTP {self.status} {self.reason}" if self.reason else f"HTTP {self.status}"
 
 
 @dataclass(frozen=True)
 class Prediction:
     model: str  # which model (variant) answered
     answer: dict[str, Any]  # the service's JSON (docs/response.schema.json)
-    latency_ms: float  # of the successful attempt
-    attempts: int
+    latency_ms: float  # what the caller waited: first attempt to answer, retries, backoff and key reloads included
+    attempt_ms: float  # the successful attempt alone: its HTTP round trip
+    attempts: int  # tries counted against `retries` (one repeated at once with a re-read key is not counted)
     layer_id: str | None = None
 
 
@@ -85,7 +103,7 @@ class DefectClient:
     def __init__(
         self,
         url: str = DEFAULT_URL,
-        model: str = "defect_int8",
+        model: str | None = None,
         key: str | None = None,
         key_file: str | Path | None = None,
         timeout: float = 120.0,
@@ -95,16 +113,19 @@ class DefectClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        """`model`: the model asked when `predict` names none (default: the registry's default variant);
+        `sleep` and `clock` are the backoff's and the latency's (replace both to test without waiting)."""
         if retries < 0 or backoff_s < 0 or timeout <= 0:
             raise ValueError(f"retries and backoff must be >= 0 and timeout > 0; got {retries}, {backoff_s}, {timeout}")
         self.url = url.rstrip("/")
-        self.model = model
+        self.model = model or default_model()
         self.keys = KeySource(key, Path(key_file) if key_file else None)
         self.timeout, self.retries = timeout, retries
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.session = session or requests.Session()
-        self._sleep, self._random = sleep, random.Random(seed)
+        self._sleep, self._clock, self._random = sleep, clock, random.Random(seed)
 
     def delay(self, attempt: int) -> float:
         """Backoff before retry `attempt` (1, 2, ...): exponential, capped, with jitter over its upper half."""
@@ -120,7 +141,7 @@ class DefectClient:
         layer_id: str | None = None,
     ) -> Prediction:
         """Answer for one layer from `model` (default: the client's). Raises ServiceError when refused or when
-        every retry failed."""
+        every retry failed. The Prediction's latency is the caller's whole wait, retries included."""
         if len(images) != 3:
             raise ValueError(f"a layer needs three images (one per light), got {len(images)}")
         model = model or self.model
@@ -129,9 +150,10 @@ class DefectClient:
         if threshold is not None:
             fields["threshold"] = str(threshold)
         attempt, reloaded, last = 0, False, "no attempt made"
+        waited_from = self._clock()
         while attempt <= self.retries:
             attempt += 1
-            started = time.perf_counter()
+            started = self._clock()
             try:
                 response = self.session.post(
                     f"{self.url}/predictions/{model}",
@@ -143,28 +165,30 @@ class DefectClient:
             except (requests.ConnectionError, requests.Timeout) as err:
                 last = f"{type(err).__name__}: {err}"
             else:
-                latency = (time.perf_counter() - started) * 1e3
+                answered = self._clock()
                 body = _json(response)
                 if response.status_code == 200:
-                    return Prediction(model, body, latency, attempt, layer_id)
+                    waited, took = (answered - waited_from) * 1e3, (answered - started) * 1e3
+                    return Prediction(model, body, waited, took, attempt, layer_id)
                 message = body.get("message") or response.text[:200]
                 if body.get("type") == "InvalidKeyException":
                     if not reloaded and self.keys.reload():
                         reloaded, attempt = True, attempt - 1  # a fresh key: this try does not count
                         continue
                     if self.keys.key_file is None:
-                        raise ServiceError(f"{model}: the inference key was refused: {message}", response.status_code)
+                        raise ServiceError(f"{model}: the inference key was refused: {message}", response.status_code,
+                                           body.get("type"), attempt)  # fmt: skip
                     last = f"HTTP {response.status_code}: {message} (key file {self.keys.key_file})"
                 elif response.status_code in RETRY_STATUS:
                     last = f"HTTP {response.status_code}: {message}"
                 else:
                     raise ServiceError(f"{model}: HTTP {response.status_code}: {message}", response.status_code,
-                                       body.get("reason"))  # fmt: skip
+                                       body.get("reason") or body.get("type"), attempt)  # fmt: skip
             reloaded = False
             if attempt <= self.retries:
                 self.keys.reload()  # a restarted server has new keys
                 self._sleep(self.delay(attempt))
-        raise ServiceError(f"{model}: no answer after {attempt} attempt(s); last: {last}")
+        raise ServiceError(f"{model}: no answer after {attempt} attempt(s); last: {last}", attempts=attempt)
 
     def _headers(self) -> dict[str, str]:
         try:

@@ -1,8 +1,9 @@
 """TorchServe handler: three light images of a layer in, defect decision, areas, boxes and mask out.
 
-A thin BaseHandler subclass over the shared input and output contracts (`training.inference.layer`, `training.inference.tiling`,
-`training.inference.answer`), which the archive packs next to the weights. Nothing here is a model constant: the
-normalisation, tile size and threshold come from the archive's ModelConfig, the limits from its model-config.yaml.
+A thin BaseHandler subclass over the inference contract (`training.inference`) and this package's request parsing
+and settings; the archive packs both packages whole next to the weights. Nothing here is a model constant: the
+normalisation, tile size, light azimuths (and so the order of the image fields) and threshold come from the
+archive's ModelConfig, the limits from its model-config.yaml, the variant and backend from the registry.
 
 Each request of a batch is answered on its own: a bad one gets a 4xx JSON error with a message that says what was
 wrong, and the others are answered normally. The worker never dies of input.
@@ -22,17 +23,19 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler.request import BadRequest, parse_request, request_options
 from handler.settings import ServingConfig
-from training.inference.answer import summarize
+from training.inference.answer import Answer, Light, ModelInfo, Timing, to_json
 from training.inference.config import ModelConfig
 from training.inference.layer import LayerError, decode_layer
+from training.inference.loaders import load_variant
+from training.inference.postprocess import detect
 from training.inference.tiling import predict_tiled
-from training.inference.variants import load_variant, variant_of
+from training.inference.variants import variant_of
 
 log = logging.getLogger(__name__)
 
 
 class DefectHandler(BaseHandler):
-    """Serves one variant (float32 or int8) of the defect segmentation model."""
+    """Serves one registered variant of the defect segmentation model."""
 
     def initialize(self, context) -> None:
         properties = context.system_properties
@@ -40,18 +43,19 @@ class DefectHandler(BaseHandler):
         self.serving = ServingConfig.from_yaml_dict(getattr(context, "model_yaml_config", None))
         torch.set_num_threads(self.serving.torch_threads)
         config = ModelConfig.from_dict(json.loads((model_dir / "model_config.json").read_text()))
+        if config.threshold is None:
+            raise ValueError(f"{model_dir / 'model_config.json'} has no decision threshold: rebuild the archive")
         weights = model_dir / context.manifest["model"]["serializedFile"]
         self.config, self.model = load_variant(weights, config)
-        self.variant = variant_of(self.config)
-        self.model_info = {
-            "name": context.model_name,
-            "variant": self.variant,
-            "version": context.manifest["model"].get("modelVersion", ""),
-        }
+        variant = variant_of(self.config)
+        self.model_info = ModelInfo(
+            context.model_name, variant.key, variant.backend, context.manifest["model"].get("modelVersion", "")
+        )
+        self.lights = tuple(Light(f, a) for f, a in zip(config.image_fields, config.azimuths_deg, strict=True))
         self.context = context
         self.initialized = True
-        log.info("%s: %s model from %s, %d torch thread(s)", context.model_name, self.variant, weights.name,
-                 self.serving.torch_threads)  # fmt: skip
+        log.info("%s: %s model from %s on %s, %d torch thread(s)", context.model_name, variant.key, weights.name,
+                 variant.backend, self.serving.torch_threads)  # fmt: skip
 
     def handle(self, data: list[dict[str, Any]], context) -> list[str]:
         """Answer every request of the batch on its own (compact JSON); a bad one gets its own 4xx."""
@@ -63,14 +67,14 @@ class DefectHandler(BaseHandler):
             except BadRequest as err:
                 log.info("request %d refused (%d %s): %s", idx, err.code, err.reason, err)
                 context.set_response_status(err.code, err.phrase, idx)
-                answer = err.to_dict()
+                answer = err.answer()
             context.set_response_content_type(idx, "application/json")
-            answers.append(json.dumps(answer, separators=(",", ":")))
+            answers.append(json.dumps(to_json(answer), separators=(",", ":")))
         return answers
 
-    def _answer(self, request: dict[str, Any], idx: int) -> dict[str, Any]:
+    def _answer(self, request: dict[str, Any], idx: int) -> Answer:
         started = time.perf_counter()
-        blobs, names, options = parse_request(request)
+        blobs, names, options = parse_request(request, self.config.image_fields)
         threshold, return_mask = request_options(options, self.config.threshold)
         try:
             layer = decode_layer(blobs, names, self.serving.max_image_pixels, min_side=self.config.size_multiple)
@@ -81,24 +85,24 @@ class DefectHandler(BaseHandler):
             self.model, layer.stack, self.config, self.serving.tile_overlap, self.serving.tile_batch
         )  # (H, W) float32
         inferred = time.perf_counter()
-        answer = summarize(probabilities, threshold, return_mask, self.serving.max_components)
-        answer["converted_from_colour"] = [n for n, c in zip(names, layer.converted_from_colour, strict=True) if c]
-        answer["model"] = self.model_info
+        detection = detect(probabilities, threshold, return_mask, self.serving.max_components)
         done = time.perf_counter()
-        answer["timing_ms"] = {
-            "decode": round((decoded - started) * 1e3, 2),
-            "inference": round((inferred - decoded) * 1e3, 2),
-            "postprocess": round((done - inferred) * 1e3, 2),
-        }
+        answer = Answer.of(
+            detection,
+            converted_from_colour=tuple(n for n, c in zip(names, layer.converted_from_colour, strict=True) if c),
+            lights=self.lights,
+            model=self.model_info,
+            timing_ms=Timing(*(round(s * 1e3, 2) for s in (decoded - started, inferred - decoded, done - inferred))),
+        )
         self._record(answer, idx)
         return answer
 
-    def _record(self, answer: dict[str, Any], idx: int) -> None:
+    def _record(self, answer: Answer, idx: int) -> None:
         """Custom metrics for TorchServe's Prometheus endpoint (declared in handler/metrics.yaml)."""
         metrics = getattr(self.context, "metrics", None)
         if metrics is None:
             return
-        variant = Dimension("Variant", self.variant)
-        decision = Dimension("Decision", "defect" if answer["defect"] else "clean")
+        variant = Dimension("Variant", answer.model.variant)
+        decision = Dimension("Decision", "defect" if answer.defect else "clean")
         metrics.add_counter("DefectDecisions", 1, idx, [variant, decision])
-        metrics.add_time("DefectInferenceTime", answer["timing_ms"]["inference"], idx, "ms", [variant])
+        metrics.add_time("DefectInferenceTime", answer.timing_ms.inference, idx, "ms", [variant])

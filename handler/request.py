@@ -1,5 +1,6 @@
-"""A serving request -> three encoded images and options: TorchServe's request dicts, whether multipart (fields
-angle0..2 and the text fields threshold, return_mask) or a JSON body {"images": [b64 x 3]}.
+"""A serving request -> three encoded images and options: TorchServe's request dicts, whether multipart (the
+ModelConfig's image fields, angle0..2, and the text fields threshold, return_mask) or a JSON body
+{"images": [b64 x 3]}.
 
 `BadRequest` carries the HTTP status and a machine-readable reason with a message that says what was wrong.
 """
@@ -9,20 +10,34 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Sequence
 from typing import Any
 
-from training.inference.answer import check_threshold
+from training.inference.answer import ErrorAnswer
+from training.inference.config import image_field
 from training.inference.layer import LIGHTS, LayerError
+from training.inference.layer import REASONS as LAYER_REASONS
+from training.inference.postprocess import check_threshold
 
-IMAGE_FIELDS = tuple(f"angle{k}" for k in range(LIGHTS))
+IMAGE_FIELDS = tuple(image_field(k) for k in range(LIGHTS))  # a three-light model's fields (ModelConfig.image_fields)
 OPTION_FIELDS = ("threshold", "return_mask")
 STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large"}
+# Every reason a request is refused for: the request's own, then the layer's (decode and checks).
+REASONS: dict[str, str] = {
+    "unexpected_field": "a field or JSON key the API does not know",
+    "invalid_json": "the body is neither multipart nor the documented JSON object",
+    "invalid_base64": "an image in a JSON body is not a base64 string",
+    "invalid_option": "threshold or return_mask has a value outside what is accepted",
+    **LAYER_REASONS,
+}
 
 
 class BadRequest(ValueError):
     """A request this handler cannot answer, with the HTTP status and a machine-readable reason."""
 
     def __init__(self, message: str, reason: str, code: int = 400) -> None:
+        if reason not in REASONS:
+            raise KeyError(f"unknown bad-request reason {reason!r}; known: {', '.join(REASONS)}")
         super().__init__(message)
         self.reason, self.code = reason, code
 
@@ -34,8 +49,8 @@ class BadRequest(ValueError):
     def from_layer_error(cls, err: LayerError) -> BadRequest:
         return cls(str(err), err.reason, 413 if err.reason == "too_many_pixels" else 400)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "type": "BadRequest", "reason": self.reason, "message": str(self)}
+    def answer(self) -> ErrorAnswer:
+        return ErrorAnswer(self.code, "BadRequest", self.reason, str(self))
 
 
 def _text(value: Any) -> str:
@@ -75,33 +90,33 @@ def _b64(value: Any, name: str) -> bytes:
         raise BadRequest(f"{name} is not valid base64: {err}", "invalid_base64") from err
 
 
-def parse_request(request: dict[str, Any]) -> tuple[list[bytes], list[str], dict[str, Any]]:
-    """One TorchServe request -> (three image byte strings, their names, options). Multipart fields angle0..2 (and
-    form fields threshold, return_mask), or a JSON body {"images": [b64, b64, b64], "threshold": .., ...}."""
+def parse_request(
+    request: dict[str, Any], fields: Sequence[str] = IMAGE_FIELDS
+) -> tuple[list[bytes], list[str], dict[str, Any]]:
+    """One TorchServe request -> (the image byte strings in channel order, their names, options). Multipart with
+    the model's image `fields` (and form fields threshold, return_mask), or a JSON body
+    {"images": [b64, b64, b64], "threshold": .., ...} whose image k is field k."""
     options = {k: request[k] for k in OPTION_FIELDS if k in request}
-    if any(k in request for k in IMAGE_FIELDS):
-        unknown = sorted(set(request) - set(IMAGE_FIELDS) - set(OPTION_FIELDS))
+    if any(k in request for k in fields):
+        unknown = sorted(set(request) - set(fields) - set(OPTION_FIELDS))
         if unknown:
             raise BadRequest(
-                f"unexpected field(s) {unknown}; send {', '.join(IMAGE_FIELDS)} and optionally "
-                f"{', '.join(OPTION_FIELDS)}",
+                f"unexpected field(s) {unknown}; send {', '.join(fields)} and optionally {', '.join(OPTION_FIELDS)}",
                 "unexpected_field",
             )
-        missing = [k for k in IMAGE_FIELDS if k not in request]
+        missing = [k for k in fields if k not in request]
         if missing:
-            raise BadRequest(
-                f"missing image field(s) {missing}; a layer needs {', '.join(IMAGE_FIELDS)}", "image_count"
-            )
-        return [_blob(request[k], k) for k in IMAGE_FIELDS], list(IMAGE_FIELDS), options
+            raise BadRequest(f"missing image field(s) {missing}; a layer needs {', '.join(fields)}", "image_count")
+        return [_blob(request[k], k) for k in fields], list(fields), options
     body = request.get("body", request.get("data"))
     if body is None:
         raise BadRequest(
-            f'no images: send multipart fields {", ".join(IMAGE_FIELDS)} or a JSON body {{"images": [b64, b64, b64]}}',
+            f'no images: send multipart fields {", ".join(fields)} or a JSON body {{"images": [b64, b64, b64]}}',
             "image_count",
         )
     if isinstance(body, (bytes, bytearray)) and not body.strip():
         raise BadRequest(
-            f'the request is empty: send multipart fields {", ".join(IMAGE_FIELDS)} or a JSON body {{"images": [b64, b64, b64]}}',
+            f'the request is empty: send multipart fields {", ".join(fields)} or a JSON body {{"images": [b64, b64, b64]}}',
             "image_count",
         )
     if isinstance(body, (bytes, bytearray)):
@@ -110,12 +125,12 @@ def parse_request(request: dict[str, Any]) -> tuple[list[bytes], list[str], dict
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise BadRequest(
                 f"the body is neither multipart nor valid JSON ({err}); send multipart fields "
-                f'{", ".join(IMAGE_FIELDS)} or {{"images": [b64, b64, b64]}}',
+                f'{", ".join(fields)} or {{"images": [b64, b64, b64]}}',
                 "invalid_json",
             ) from err
     if not isinstance(body, dict) or not isinstance(body.get("images"), list):
         raise BadRequest(
-            'the JSON body must be an object with "images": a list of three base64 strings', "invalid_json"
+            f'the JSON body must be an object with "images": a list of {len(fields)} base64 strings', "invalid_json"
         )
     unknown = sorted(set(body) - {"images", *OPTION_FIELDS})
     if unknown:
@@ -123,9 +138,9 @@ def parse_request(request: dict[str, Any]) -> tuple[list[bytes], list[str], dict
             f"unexpected JSON key(s) {unknown}; allowed: images, {', '.join(OPTION_FIELDS)}", "unexpected_field"
         )
     images = body["images"]
-    if len(images) != LIGHTS:
-        raise BadRequest(f"got {len(images)} images; a layer needs {LIGHTS}, one per light", "image_count")
-    names = [f"images[{k}]" for k in range(LIGHTS)]
+    if len(images) != len(fields):
+        raise BadRequest(f"got {len(images)} images; a layer needs {len(fields)}, one per light", "image_count")
+    names = [f"images[{k}]" for k in range(len(fields))]
     options.update({k: body[k] for k in OPTION_FIELDS if k in body})
     return [_b64(v, n) for v, n in zip(images, names, strict=True)], names, options
 

@@ -4,8 +4,12 @@ model-config.yaml by `archive` and read back by the handler. The defaults are ty
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from training.inference import serialize
+from training.inference.config import TILE_BATCH, TILE_OVERLAP
 
 # TorchServe's model-config.yaml keys for the fields of ServingConfig that it reads itself.
 _TORCHSERVE_KEYS = {
@@ -30,8 +34,8 @@ class ServingConfig:
     # The handler.
     torch_threads: int = 1
     max_image_pixels: int = 4096 * 4096  # per image, checked from the header before decoding
-    tile_overlap: int = 64  # pixels shared by neighbouring tiles of a large layer
-    tile_batch: int = 4  # tiles per forward pass
+    tile_overlap: int = TILE_OVERLAP  # pixels shared by neighbouring tiles of a large layer
+    tile_batch: int = TILE_BATCH  # tiles per forward pass
     max_components: int = 100  # components listed per answer, largest first (all are counted)
 
     def __post_init__(self) -> None:
@@ -44,19 +48,23 @@ class ServingConfig:
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """model-config.yaml content: TorchServe's keys at the top, ours under `handler`."""
-        top = {key: getattr(self, name) for name, key in _TORCHSERVE_KEYS.items()}
-        ours = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _TORCHSERVE_KEYS}
-        return {**top, "handler": ours}
+        values = serialize.to_dict(self)
+        top = {key: values.pop(name) for name, key in _TORCHSERVE_KEYS.items()}
+        return {**top, "handler": values}
 
     @classmethod
     def from_yaml_dict(cls, data: dict[str, Any] | None) -> ServingConfig:
+        """Read back `to_yaml_dict()` output (TorchServe's other top-level keys are its own business); settings
+        left out keep their defaults, unknown handler settings are refused."""
         data = data or {}
-        values = {name: data[key] for name, key in _TORCHSERVE_KEYS.items() if key in data}
         handler = data.get("handler") or {}
-        known = {f.name for f in dataclasses.fields(cls)} - set(_TORCHSERVE_KEYS)
-        unknown = set(handler) - known
-        if unknown:
+        if not isinstance(handler, Mapping):
+            raise ValueError(f"`handler:` in model-config.yaml must be a mapping of settings, got {handler!r}")
+        misplaced = sorted(set(handler) & set(_TORCHSERVE_KEYS))
+        if misplaced:
             raise ValueError(
-                f"unknown handler setting(s) {sorted(unknown)} in model-config.yaml; known: {sorted(known)}"
+                f"handler setting(s) {misplaced} in model-config.yaml are TorchServe's: write them at the top as "
+                f"{[_TORCHSERVE_KEYS[name] for name in misplaced]}"
             )
-        return cls(**values, **handler)
+        values = {name: data[key] for name, key in _TORCHSERVE_KEYS.items() if key in data}
+        return serialize.from_dict(cls, {**values, **handler}, what="model-config.yaml handler setting")

@@ -43,14 +43,17 @@ def tiny_run(tiny_prepared, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_variants(tiny_run, tmp_path_factory) -> Path:
-    """tiny_run's checkpoint quantized: checkpoint.pt, model_fp32.pt and model_int8.pt (2 calibration layers)."""
+    """tiny_run's checkpoint evaluated and quantized: checkpoint.pt, decision.json, model_fp32.pt and model_int8.pt
+    (2 calibration layers)."""
     import shutil
 
     from training.inference.quantization import QuantizationConfig
+    from training.learning.evaluate import evaluate_checkpoint
     from training.learning.quantize import quantize_checkpoint
 
     out = tmp_path_factory.mktemp("tiny_variants")
     shutil.copy(tiny_run / "checkpoint.pt", out / "checkpoint.pt")
+    evaluate_checkpoint(out / "checkpoint.pt", reference="truth")
     quantize_checkpoint(out / "checkpoint.pt", out, QuantizationConfig(calibration_images=2))
     return out
 

@@ -12,7 +12,7 @@ import yaml
 from handler.settings import ServingConfig
 from training.inference.config import ModelConfig
 from training.inference.model import save_checkpoint
-from training.serving.archive import build_archive, check_variants, stage_packages
+from training.serving.archive import build_archive, served_configs, stage_packages
 
 PROJECT_PACKAGES = ("training", "handler", "client", "bench", "web")
 
@@ -66,25 +66,36 @@ def test_archives_hold_handler_modules_weights_and_both_configs(tiny_store):
         assert serving == ServingConfig()
 
 
-def test_variants_must_come_from_the_checkpoint_and_carry_its_threshold(tiny_variants, tmp_path):
-    for name in ("checkpoint.pt", "model_fp32.pt", "model_int8.pt"):
+def test_variants_must_come_from_the_checkpoint_and_are_served_at_its_decision(tiny_variants, tmp_path):
+    for name in ("checkpoint.pt", "decision.json", "model_fp32.pt", "model_int8.pt"):
         shutil.copy(tiny_variants / name, tmp_path / name)
-    assert set(check_variants(tmp_path / "checkpoint.pt")) == {"fp32", "int8"}
+    decision = json.loads((tmp_path / "decision.json").read_text())
+    served = served_configs(tmp_path / "checkpoint.pt")
+    assert set(served) == {"fp32", "int8"}
+    assert all(config.threshold == decision["threshold"] for _, config in served.values())
+    (tmp_path / "decision.json").write_text(json.dumps({**decision, "threshold": 0.42}))  # evaluate ran again
+    assert {c.threshold for _, c in served_configs(tmp_path / "checkpoint.pt").values()} == {0.42}
     payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    config = ModelConfig.from_dict(payload["model_config"]).replace(threshold=0.42)  # evaluate ran after quantize
-    save_checkpoint(tmp_path / "checkpoint.pt", config, payload["state_dict"])
-    with pytest.raises(ValueError, match="run quantize again"):
-        check_variants(tmp_path / "checkpoint.pt")
+    state = {k: v + 1 if v.is_floating_point() else v for k, v in payload["state_dict"].items()}  # trained again
+    save_checkpoint(tmp_path / "checkpoint.pt", ModelConfig.from_dict(payload["model_config"]), state)
+    with pytest.raises(ValueError, match="run `python -m training evaluate"):
+        served_configs(tmp_path / "checkpoint.pt")
+    (tmp_path / "decision.json").unlink()
+    with pytest.raises(FileNotFoundError, match="evaluate"):
+        served_configs(tmp_path / "checkpoint.pt")
+    shutil.copy(tiny_variants / "checkpoint.pt", tmp_path / "checkpoint.pt")
+    shutil.copy(tiny_variants / "decision.json", tmp_path / "decision.json")
     (tmp_path / "model_int8.pt").unlink()
     with pytest.raises(FileNotFoundError, match="quantize"):
-        check_variants(tmp_path / "checkpoint.pt")
+        served_configs(tmp_path / "checkpoint.pt")
 
 
 def test_a_failed_archive_leaves_the_previous_one_intact(tiny_variants, tiny_store, tmp_path):
     shutil.copy(tiny_store / "defect_int8.mar", tmp_path / "defect_int8.mar")
     before = (tmp_path / "defect_int8.mar").read_bytes()
     with pytest.raises(RuntimeError, match="torch-model-archiver failed"):
-        build_archive(tiny_variants / "model_int8.pt", tmp_path, "defect_int8", ServingConfig(), "1.0",
+        (weights, config) = served_configs(tiny_variants / "checkpoint.pt")["int8"]
+        build_archive(weights, config, tmp_path, "defect_int8", ServingConfig(), "1.0",
                       handler=tmp_path / "no_such_handler.py")  # fmt: skip
     assert (tmp_path / "defect_int8.mar").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["defect_int8.mar"]  # no temporary folder left

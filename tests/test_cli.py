@@ -32,7 +32,7 @@ def test_the_command_list_is_complete():
     assert {c for p, c in commands if p == "bench"} == {"model", "serving", "load", "matrix"}
     assert {c for p, c in commands if p == "client"} == {"predict", "batch", "ab-report"}
     assert {c for p, c in commands if p == "training"} == {"synth", "prepare", "train", "evaluate", "quantize",
-                                                           "bench", "archive", "serve", "stop"}  # fmt: skip
+                                                           "bench", "archive", "serve", "stop", "schema", "deployments"}  # fmt: skip
 
 
 @pytest.mark.parametrize(("program", "command"), _every_command())

@@ -3,6 +3,7 @@ against a real TorchServe."""
 
 import csv
 import json
+import shutil
 import threading
 import time
 from collections import Counter
@@ -64,6 +65,71 @@ def test_a_refused_connection_is_retried_then_reported():
     with pytest.raises(ServiceError, match="no answer after 4 attempt"):
         client.predict([b"a", b"b", b"c"])
     assert len(sleeps) == 3
+
+
+class FakeTime:
+    """A clock that moves only when slept on or when a fake request takes its round trip."""
+
+    def __init__(self) -> None:
+        self.now, self.slept = 1000.0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class FakeSession:
+    """Answers POSTs with the given statuses in turn, each taking `round_trip_s` on the fake clock."""
+
+    def __init__(self, statuses: list[int], time_: FakeTime, round_trip_s: float = 0.02) -> None:
+        self.statuses, self.time, self.round_trip_s = list(statuses), time_, round_trip_s
+
+    def post(self, *args, **kwargs) -> requests.Response:
+        self.time.now += self.round_trip_s
+        response = requests.Response()
+        response.status_code = self.statuses.pop(0)
+        body = {"defect": False} if response.status_code == 200 else {"code": 503, "message": "no worker"}
+        response._content = json.dumps(body).encode()
+        return response
+
+
+def test_latency_is_the_callers_whole_wait_with_retries_and_backoff():
+    fake = FakeTime()
+    client = DefectClient(session=FakeSession([503, 503, 200], fake), sleep=fake.sleep, clock=fake.clock,
+                          retries=5, backoff_s=0.5, seed=0)  # fmt: skip
+    prediction = client.predict([b"a", b"b", b"c"])
+    assert prediction.attempts == 3 and len(fake.slept) == 2 and sum(fake.slept) >= 0.75  # 0.25-0.5 s + 0.5-1 s
+    assert prediction.latency_ms == pytest.approx((sum(fake.slept) + 3 * 0.02) * 1e3)
+    assert prediction.attempt_ms == pytest.approx(20.0)  # the answering request alone
+
+
+def raw_folder(folder: Path, layers: list[str], images: list[bytes] | None = None) -> Path:
+    """<layer>_a<k>.png files (the given bytes, or placeholders) and a file that forms no triplet."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for layer in layers:
+        for k in range(3):
+            (folder / f"{layer}_a{k}.png").write_bytes(images[k] if images else b"placeholder")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_a_batch_whose_layers_go_unanswered_exits_1_and_says_why(tmp_path, capsys):
+    raw = raw_folder(tmp_path / "raw", ["L1", "L2"])
+    out = tmp_path / "out.jsonl"
+    url = f"http://127.0.0.1:{free_port()}"
+    code = client_main(["batch", "--raw", str(raw), "--out", str(out), "--url", url, "--key", "k", "--retries", "0"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "2 of 2 layers failed: 2 x no answer after 1 attempt (e.g. L1)" in captured.err  # notes.txt not counted
+    assert "0 layers answered" in captured.out and str(out) in captured.out
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["layer_id"], r["status"], r["error_kind"]) for r in records} == {
+        ("L1", "error", "no answer after 1 attempt"),
+        ("L2", "error", "no answer after 1 attempt"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -141,16 +207,35 @@ def test_shadow_returns_the_primary_and_compares_the_other(torchserve, synthetic
 
 @pytest.mark.server
 def test_a_rotated_key_is_picked_up_from_the_key_file(torchserve, synthetic):
-    client = client_for(torchserve)
+    sent = []  # (Authorization header, HTTP status) of every request the client made
+
+    class Recording(requests.Session):
+        def post(self, *args, **kwargs):
+            response = super().post(*args, **kwargs)
+            sent.append((kwargs["headers"].get("Authorization"), response.status_code))
+            return response
+
+    client = client_for(torchserve, session=Recording())
     client.predict(layer_files(synthetic))
+    old = torchserve.keys()["inference"]
+    assert sent == [(f"Bearer {old}", 200)]  # the client holds the old key
     rotated = requests.post(
         f"{torchserve.urls['management']}/token?type=inference",
         headers={"Authorization": f"Bearer {torchserve.keys()['API']}"},
         timeout=10,
     )
     assert rotated.status_code == 200
-    prediction = client.predict(layer_files(synthetic))  # the old key is refused; the client re-reads the file
-    assert prediction.attempts == 1
+    new = torchserve.keys()["inference"]
+    assert new != old, "the key file still holds the old inference key after rotation"
+    angles = {f"angle{k}": path.read_bytes() for k, path in enumerate(layer_files(synthetic))}
+    refused = requests.post(f"{torchserve.urls['inference']}/predictions/defect_int8", files=angles,
+                            headers={"Authorization": f"Bearer {old}"}, timeout=30)  # fmt: skip
+    assert refused.status_code >= 400 and refused.json()["type"] == "InvalidKeyException", refused.text
+    sent.clear()
+    prediction = client.predict(layer_files(synthetic))
+    # the old key was refused, the client re-read the key file, and the new key was accepted
+    assert sent == [(f"Bearer {old}", refused.status_code), (f"Bearer {new}", 200)]
+    assert prediction.attempts == 1  # a try repeated at once with a re-read key does not count
 
 
 @pytest.mark.server
@@ -171,6 +256,31 @@ def test_the_command_line_predicts_and_reports_ab(torchserve, synthetic, tmp_pat
 
 
 @pytest.mark.server
+def test_the_batch_command_exits_1_when_a_layer_is_refused(torchserve, synthetic, tmp_path, capsys):
+    common = ["--url", torchserve.urls["inference"], "--key-file", str(torchserve.key_file)]
+    raw = raw_folder(tmp_path / "raw", [])
+    for index in range(2):
+        for path in layer_files(synthetic, index):
+            shutil.copy(path, raw / path.name)
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.csv"
+    batch = ["batch", "--raw", str(raw), "--out", str(out), "--summary", str(summary), *common]
+    assert client_main(batch) == 0  # every layer answered; notes.txt is skipped, not a failure
+    assert "2 layers answered" in capsys.readouterr().out
+    good = [p.read_bytes() for p in layer_files(synthetic, 5)]
+    raw_folder(raw, ["bad_layer"], [good[0], b"not a png", good[2]])
+    assert client_main(batch) == 1
+    captured = capsys.readouterr()
+    assert "1 of 3 layers failed: 1 x HTTP 400 unreadable (e.g. bad_layer)" in captured.err, captured.err
+    assert "2 layers answered" in captured.out and "1 failed" in captured.out
+    records = {r["layer_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(records) == {"layer_00000", "layer_00001", "bad_layer"}  # the outputs are written all the same
+    assert records["bad_layer"]["status"] == "error" and "angle1" in records["bad_layer"]["error"]
+    rows = {r["layer_id"]: r for r in csv.DictReader(summary.read_text().splitlines())}
+    assert rows["bad_layer"]["error_kind"] == "HTTP 400 unreadable" and rows["layer_00000"]["status"] == "ok"
+    assert float(rows["layer_00000"]["latency_ms"]) >= float(rows["layer_00000"]["attempt_ms"]) > 0
+
+
+@pytest.mark.server
 @pytest.mark.slow
 def test_a_batch_survives_the_server_stopping_and_starting_again(tiny_store, tmp_path):
     """No layer is lost: requests in flight and those sent while the server is down are retried until it is back
@@ -178,30 +288,63 @@ def test_a_batch_survives_the_server_stopping_and_starting_again(tiny_store, tmp
     big = tmp_path / "big"
     for index in range(16):
         write_layer(generate_layer(SynthConfig(size=384), seed=3, index=index), big)
+    layer_of = {path.read_bytes(): path.name.rsplit("_a", 1)[0] for path in (big / "raw").glob("*_a0.png")}
+    events = []  # (layer id, monotonic time, HTTP status or "no connection") of every request the client made
+
+    class Recording(requests.Session):
+        def post(self, *args, **kwargs):
+            layer = layer_of[kwargs["files"]["angle0"][1]]
+            try:
+                response = super().post(*args, **kwargs)
+            except requests.ConnectionError:
+                events.append((layer, time.monotonic(), "no connection"))
+                raise
+            events.append((layer, time.monotonic(), response.status_code))
+            return response
+
     ports = {n: free_port() for n in LISTENERS}
     home = tmp_path / "home"
     server = start(tiny_store, home, ("defect_fp32",), ports=ports, foreground=True)
+    old_key = server.keys()["inference"]
     client = DefectClient(server.urls["inference"], "defect_fp32", key_file=server.key_file, retries=40,
-                          backoff_s=0.2, max_backoff_s=1.0)  # fmt: skip
+                          backoff_s=0.2, max_backoff_s=1.0, session=Recording())  # fmt: skip
     out = tmp_path / "out.jsonl"
     outcome = {}
     batch = threading.Thread(
-        target=lambda: outcome.update(result=run_batch(client, big / "raw", out, concurrency=2, progress=False))
+        target=lambda: outcome.update(result=run_batch(client, big / "raw", out, concurrency=2, progress=False)),
+        daemon=True,  # a failed test does not wait for the batch's retries
     )
     batch.start()
     try:
         partial = out.with_name("out.jsonl.partial")
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not partial.exists() or len(partial.read_text().splitlines()) < 2):
+        while not partial.exists() or len(partial.read_text().splitlines()) < 2:
+            if time.monotonic() > deadline:
+                pytest.fail("the batch answered fewer than 2 layers within 60 s of starting")
             time.sleep(0.05)
+        stopping = time.monotonic()
         server.stop()
-        server = start(tiny_store, home, ("defect_fp32",), ports=ports, foreground=True)
+        assert server.process.poll() is not None, "TorchServe is still running after stop()"
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{server.urls['inference']}/ping", timeout=5)  # really down
+        assert batch.is_alive(), "the batch ended before the server stopped: nothing was sent during the outage"
+        server = start(tiny_store, home, ("defect_fp32",), ports=ports, foreground=True)  # back: its model is ready
+        back = time.monotonic()
         batch.join(timeout=300)
+        if batch.is_alive():
+            pytest.fail("the batch did not finish within 300 s of the server coming back")
     finally:
         server.stop()
-    assert not batch.is_alive()
+    new_key = server.keys()["inference"]
+    assert new_key != old_key and client.keys.get() == new_key  # the client read the restarted server's key
     result = outcome["result"]
     assert (result.answered, result.failed) == (16, 0)
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len({r["layer_id"] for r in records}) == 16
-    assert max(r["attempts"] for r in records) > 1  # some requests did meet the stopped server
+    records = {r["layer_id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(records) == 16 and all(r["status"] == "ok" for r in records.values())
+    met_outage = {layer for layer, at, status in events if status != 200 and stopping <= at <= back}
+    assert met_outage, "no request met the stopped server"
+    for layer in met_outage:  # each was answered later, after retries, and its latency counts the wait
+        assert records[layer]["attempts"] > 1, records[layer]
+        failed = max(at for lay, at, status in events if lay == layer and status != 200)
+        assert any(at > failed for lay, at, status in events if lay == layer and status == 200), layer
+        assert records[layer]["latency_ms"] > records[layer]["attempt_ms"]

@@ -9,10 +9,11 @@ import pytest
 
 from handler.settings import ServingConfig
 from training.inference.images import encode_png
+from training.inference.variants import model_names
 from training.serving.launcher import CONFIG, GRPC_LISTENERS, LISTENERS, read_properties
 
 PROPS = read_properties(CONFIG)
-MODELS = ("defect_fp32", "defect_int8")
+MODELS = model_names()
 
 
 @pytest.mark.parametrize("listener", LISTENERS)
@@ -60,3 +61,9 @@ def test_metrics_in_prometheus_format_with_the_handler_metrics():
     assert PROPS["metrics_mode"] == "prometheus"
     declared = (CONFIG.parent / PROPS["metrics_config"]).read_text()
     assert "DefectDecisions" in declared and "DefectInferenceTime" in declared
+
+
+def test_the_client_waits_at_least_as_long_as_the_server_may_take():
+    from client.client import DefectClient
+
+    assert DefectClient().timeout >= ServingConfig().response_timeout_s

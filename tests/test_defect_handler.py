@@ -14,10 +14,11 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handler.defect_handler import DefectHandler
 from tests.images_for_tests import encode, png_header_only, triplet
-from training.inference.answer import summarize
+from training.inference.answer import to_json
 from training.inference.config import ModelConfig
+from training.inference.loaders import load_variant
+from training.inference.postprocess import detect
 from training.inference.tiling import predict_tiled
-from training.inference.variants import load_variant
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "docs" / "response.schema.json").read_text())
@@ -90,13 +91,17 @@ def test_a_good_triplet_is_answered_as_the_library_answers_it(loaded):
     assert code == 200
     config = ModelConfig.from_dict(json.loads((model_dir / "model_config.json").read_text()))
     _, model = load_variant(model_dir / context.manifest["model"]["serializedFile"])
-    expected = summarize(
-        predict_tiled(model, np.stack(images, -1), config), config.threshold, True, handler.serving.max_components
+    expected = to_json(
+        detect(
+            predict_tiled(model, np.stack(images, -1), config), config.threshold, True, handler.serving.max_components
+        )
     )
     for key in ("defect", "max_confidence", "defect_area_px", "bbox", "components", "components_total", "threshold"):
         assert answer[key] == expected[key], key
     assert answer["mask"] == expected["mask"]
-    assert answer["model"] == {"name": context.model_name, "variant": handler.variant, "version": "1.0"}
+    variant = context.model_name.removeprefix("defect_")
+    assert answer["model"] == {"name": context.model_name, "variant": variant, "backend": "pytorch", "version": "1.0"}
+    assert answer["lights"] == [{"field": f"angle{k}", "azimuth_deg": a} for k, a in enumerate(config.azimuths_deg)]
     assert set(answer["timing_ms"]) == {"decode", "inference", "postprocess"}
 
 
@@ -163,9 +168,10 @@ def test_a_2048_layer_goes_through_overlapping_tiles(loaded_int8):
     [(code, answer)] = serve(handler, context, [multipart([encode(im) for im in images], return_mask="true")])
     assert code == 200
     assert (answer["mask"]["width"], answer["mask"]["height"]) == (2048, 2048)
-    config, model = load_variant(model_dir / context.manifest["model"]["serializedFile"])
+    config = ModelConfig.from_dict(json.loads((model_dir / "model_config.json").read_text()))
+    config, model = load_variant(model_dir / context.manifest["model"]["serializedFile"], config)
     probabilities = predict_tiled(model, np.stack(images, -1), config, handler.serving.tile_overlap)
-    assert answer["defect_area_px"] == summarize(probabilities, config.threshold)["defect_area_px"]
+    assert answer["defect_area_px"] == detect(probabilities, config.threshold).defect_area_px
 
 
 def test_custom_metrics_are_emitted(loaded, caplog):
@@ -174,5 +180,5 @@ def test_custom_metrics_are_emitted(loaded, caplog):
         serve(handler, context, [multipart(layer_blobs(64))])
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[METRICS]")]
     decisions = [line for line in lines if line.startswith("[METRICS]DefectDecisions.")]
-    assert decisions and f"Variant:{handler.variant}" in decisions[-1] and "Decision:" in decisions[-1]
+    assert decisions and f"Variant:{handler.model_info.variant}" in decisions[-1] and "Decision:" in decisions[-1]
     assert any(line.startswith("[METRICS]DefectInferenceTime.") for line in lines)

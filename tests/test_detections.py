@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from training.inference.answer import check_threshold, components, defect_mask, summarize, union_bbox
+from training.inference.answer import to_json
+from training.inference.postprocess import check_threshold, components, defect_mask, detect, union_bbox
 
 
 def probabilities() -> np.ndarray:
@@ -46,7 +47,7 @@ def test_union_bbox_and_clean_layer():
 
 def test_summary_fields_and_mask_png_round_trip():
     p = probabilities()
-    answer = summarize(p, 0.5)
+    answer = to_json(detect(p, 0.5))
     assert answer["defect"] is True
     assert answer["defect_area_px"] == 27
     assert answer["defect_area_pct"] == pytest.approx(100 * 27 / 600, abs=1e-4)
@@ -61,10 +62,10 @@ def test_summary_fields_and_mask_png_round_trip():
 
 
 def test_clean_layer_summary_and_options():
-    answer = summarize(np.full((8, 8), 0.2, np.float32), 0.5, return_mask=False)
+    answer = to_json(detect(np.full((8, 8), 0.2, np.float32), 0.5, return_mask=False))
     assert answer["defect"] is False and answer["bbox"] is None and answer["components"] == []
     assert "mask" not in answer
-    capped = summarize(probabilities(), 0.5, max_components=1)
+    capped = to_json(detect(probabilities(), 0.5, max_components=1))
     assert len(capped["components"]) == 1 and capped["components_total"] == 3
 
 
@@ -87,7 +88,10 @@ def test_peaks_and_order_match_a_plain_loop_on_a_noisy_mask():
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     assert total == count - 1 and len(found) == 50
     expected = sorted(
-        ((int(stats[i, 4]), int(stats[i, 1]), int(stats[i, 0]), float(p[labels == i].max())) for i in range(1, count)),
+        (
+            (int(stats[i, 4]), int(stats[i, 1]), int(stats[i, 0]), round(float(p[labels == i].max()), 4))
+            for i in range(1, count)
+        ),
         key=lambda t: (-t[0], t[1], t[2]),
     )[:50]
     assert [(c.area_px, c.bbox[1], c.bbox[0], c.max_confidence) for c in found] == expected

@@ -3,7 +3,8 @@ import shutil
 import numpy as np
 import pytest
 
-from training.inference.model import load_checkpoint
+from training.inference.config import DECISION_FILE, Decision
+from training.inference.model import load_checkpoint, state_digest
 from training.learning.evaluate import BINS, Curve, Rule, detection_scores, evaluate, parse_rule
 
 
@@ -59,16 +60,21 @@ def test_detection_scores_against_truth_and_heuristic(tiny_prepared):
     assert nothing["vs_truth"]["recall"] == 0.0 and nothing["vs_truth"]["defect_recall"] == 0.0
 
 
-def test_evaluate_writes_threshold_into_the_checkpoint_and_a_report(tiny_run, tmp_path):
+def test_evaluate_writes_a_decision_beside_the_untouched_checkpoint_and_a_report(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    before, _, _ = load_checkpoint(run / "checkpoint.pt")
+    before = (run / "checkpoint.pt").read_bytes()
     results = evaluate([run / "checkpoint.pt"], tmp_path / "docs" / "results.md", command="EVAL")
-    after, _, _ = load_checkpoint(run / "checkpoint.pt")
-    assert (
-        after.threshold == pytest.approx(results[0]["threshold"]) and "max-f1 on val vs truth" in after.threshold_rule
-    )
-    assert after.replace(threshold=before.threshold, threshold_rule=before.threshold_rule) == before
+    assert (run / "checkpoint.pt").read_bytes() == before  # no command rewrites another command's output
+    config, model, _ = load_checkpoint(run / "checkpoint.pt")
+    decision = Decision.read(run / "checkpoint.pt", state_digest(model.state_dict()))
+    assert decision.threshold == pytest.approx(results[0].threshold) and "max-f1 on val vs truth" in decision.rule
+    assert decision.command == "EVAL" and config.threshold is None
+    with pytest.raises(ValueError, match="other weights"):
+        Decision.read(run / "checkpoint.pt", "0" * 16)
+    (run / DECISION_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="python -m training evaluate --checkpoint"):
+        Decision.read(run / "checkpoint.pt", state_digest(model.state_dict()))
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "| U-Net trained on truth |" in text and "| heuristic labeller (baseline) |" in text
     assert "CMD" in text and "EVAL" in text  # the commands that regenerate it
@@ -86,5 +92,5 @@ def test_evaluate_on_real_data_without_truth_reports_n_a(tiny_run, tiny_prepared
     config, model, _ = load_checkpoint(tiny_run / "checkpoint.pt")
     save_checkpoint(tmp_path / "c.pt", config.replace(label_source="heuristic"), model.state_dict())
     results = evaluate([tmp_path / "c.pt"], tmp_path / "r.md", data_dir=data)
-    assert results[0]["scores"]["vs_truth"] is None
+    assert results[0].scores["vs_truth"] is None
     assert "| n/a | n/a | n/a | n/a | n/a |" in (tmp_path / "r.md").read_text()

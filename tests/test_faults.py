@@ -33,13 +33,18 @@ def test_a_killed_worker_is_restarted_and_no_request_is_lost(tiny_store, tmp_pat
         [victim] = [w["pid"] for w in workers(server, "defect_int8")]
         with ThreadPoolExecutor(4) as pool:
             futures = [pool.submit(client.predict, layers[i % 4], layer_id=f"layer-{i}") for i in range(48)]
+            deadline = time.monotonic() + 120
             while sum(f.done() for f in futures) < 6:
+                if time.monotonic() > deadline:
+                    pytest.fail("fewer than 6 of 48 requests were answered within 120 s, before any worker was killed")
                 time.sleep(0.01)
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
             answers = [f.result(timeout=300) for f in futures]  # raises if any request was lost
         assert len(answers) == 48 and all(a.answer["model"]["name"] == "defect_int8" for a in answers)
         assert max(a.attempts for a in answers) > 1  # some requests met the dead worker and were retried
+        retried = [a for a in answers if a.attempts > 1]
+        assert all(a.latency_ms - a.attempt_ms >= 50 for a in retried)  # the wait counts the backoff (>= 0.05 s)
         deadline = killed + 120
         while time.monotonic() < deadline:
             now = workers(server, "defect_int8")

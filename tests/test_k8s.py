@@ -100,7 +100,6 @@ def test_both_variants_have_deployment_service_and_autoscaler():
         assert props["load_models"] == f"defect=defect_{variant}.mar"
         assert int(props["inference_address"].rsplit(":", 1)[1]) == ports["http"]
         assert int(props["metrics_address"].rsplit(":", 1)[1]) == ports["metrics"]
-        assert props["enable_model_api"] == "false"
         assert props["management_address"].startswith("http://127.0.0.1:")
 
 

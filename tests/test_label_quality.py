@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from training.preparation.label_quality import findings, layer_stats, pick_examples, summarize
+from training.preparation.label_quality import layer_stats, pick_examples, summarize
+from training.reports.label_quality import findings
 
 
 def tiny_layer():

@@ -18,6 +18,8 @@ def test_load_without_errors_or_memory_growth_and_a_killed_worker_loses_nothing(
     fault = result["fault"]
     assert fault["lost"] == 0
     assert fault["worker_ready_after_kill_s"] is not None
+    # the requests in flight at the kill waited at least until the first answer after it, and the figures say so
+    assert fault["max_ms"] >= 900 * fault["first_answer_after_kill_s"], fault
 
 
 def test_the_throughput_report_states_its_command_and_ratios():

@@ -91,16 +91,23 @@ def test_quantize_command_writes_both_variants_and_agreement(tiny_run, tmp_path,
     import subprocess
     import sys
 
+    from training.learning.evaluate import evaluate_checkpoint
+
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
+    quantize = [sys.executable, "-m", "training", "quantize", "--checkpoint", str(run / "checkpoint.pt")]
+    refused = subprocess.run(quantize, cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "run `python -m training evaluate --checkpoint" in refused.stderr
+    evaluate_checkpoint(run / "checkpoint.pt", reference="truth")
     result = subprocess.run(
-        [sys.executable, "-m", "training", "quantize", "--checkpoint", str(run / "checkpoint.pt"), "--calibration", "4",
+        [*quantize, "--calibration", "4",
          "--report", str(tmp_path / "q.md"), "--sweep", "2,4"],
         cwd=repo_root, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "mask IoU" in result.stdout.strip().splitlines()[-1]
     report = json.loads((run / "quantization.json").read_text())
+    assert report["threshold"] == json.loads((run / "decision.json").read_text())["threshold"]
     assert report["sizes_bytes"]["fp32"] / report["sizes_bytes"]["int8"] > 3.5
     assert 0.0 <= report["static_int8"]["mask_iou"] <= 1.0 and "f1_int8" in report["static_int8"]
     assert report["dynamic_int8"]["max_probability_difference"] == 0.0  # no Linear layers to quantize
@@ -123,3 +130,27 @@ def test_quantize_command_writes_both_variants_and_agreement(tiny_run, tmp_path,
     ]
     assert "## Calibration sweep (validation split)" in text
     assert "| static int8 (FX, calibrated) |" in text and "python -m training quantize" in text
+
+
+def test_quantization_result_keeps_the_json_keys_and_renders_without_truth():
+    from training.learning.quantize import Quantization
+    from training.reports.quantization import render
+
+    no_truth = {"mask_iou": 0.98, "decision_agreement": 1.0, "max_probability_difference": 0.01}
+    result = Quantization(
+        command="QUANTIZE", checkpoint="run/checkpoint.pt", settings=QuantizationConfig(float_modules=("head",)),
+        calibration_seconds=1.5, split="test", layers=2, threshold=0.5, sizes_bytes={"fp32": 4000, "int8": 1000},
+        engine_timings_ms={}, calibration_sweep=[], static_int8=no_truth, dynamic_int8=no_truth,
+        files={"fp32": "model_fp32.pt", "int8": "model_int8.pt"},
+    )  # fmt: skip
+    data = result.to_dict()
+    assert list(data) == [
+        "command", "checkpoint", "settings", "calibration_seconds", "split", "layers", "threshold", "sizes_bytes",
+        "engine_timings_ms", "calibration_sweep", "static_int8", "dynamic_int8", "files",
+    ]  # fmt: skip
+    assert data["settings"] == QuantizationConfig(float_modules=("head",)).to_dict()
+    assert Quantization.from_dict(data) == result
+    text = render(result)
+    assert "engine `x86` (chosen by hand)" in text and "kept in float: head." in text and "QUANTIZE" in text
+    assert "| static int8 (FX, calibrated) | 0.980 | 1.000 | n/a | n/a | n/a | 0.010 |" in text
+    assert "(4.00x smaller)" in text and "Calibration sweep" not in text

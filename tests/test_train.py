@@ -1,15 +1,24 @@
 import csv
+import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from training.inference.model import load_checkpoint
+from training.learning.checkpoints import RunState, run_arguments
+from training.learning.devices import Processes, shared_flag
+from training.learning.history import epoch_row, summarize
+from training.learning.metrics import Counts
+from training.learning.schedule import PROFILES, budget_spent, check_profile, out_of_time, progress
 from training.learning.train import TrainConfig, lr_factor, resolve_device, train
+from training.learning.validation import Validation
 
 TINY = TrainConfig("tiny", epochs=2, repeats=1, batch_size=2, crop=32, lr=1e-3, patience=5)
 
@@ -37,8 +46,6 @@ def test_training_writes_the_run_folder(run_dir):
 
 
 def test_resume_continues_where_it_stopped(run_dir, tiny_prepared):
-    import dataclasses
-
     train(tiny_prepared, run_dir, dataclasses.replace(TINY, epochs=3), labels="truth", device_name="cpu", resume=True)
     rows = list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
@@ -50,8 +57,6 @@ def test_resume_continues_where_it_stopped(run_dir, tiny_prepared):
 
 
 def test_resume_refuses_a_run_whose_time_budget_is_spent(run_dir, tiny_prepared):
-    import dataclasses
-
     spent = dataclasses.replace(TINY, epochs=9, max_minutes=1e-4)
     with pytest.raises(ValueError, match="already used its"):
         train(tiny_prepared, run_dir, spent, labels="truth", device_name="cpu", resume=True)
@@ -92,3 +97,95 @@ def test_device_choice():
 def test_profile_checks():
     with pytest.raises(ValueError, match="multiple of 32"):
         TrainConfig("x", epochs=1, repeats=1, batch_size=1, crop=50, lr=1e-3)
+
+
+def test_unknown_profile_lists_the_choices():
+    assert check_profile("quick") is PROFILES["quick"]
+    with pytest.raises(ValueError, match="choose from: quick, full"):
+        check_profile("fast")
+
+
+@pytest.mark.parametrize(("max_minutes", "seconds"), [(None, None), (0, None), (0.5, 30.0), (2, 120)])
+def test_budget_seconds(max_minutes, seconds):
+    assert dataclasses.replace(TINY, max_minutes=max_minutes).budget_seconds == seconds
+
+
+@pytest.mark.parametrize(
+    ("step", "elapsed", "budget", "expected"),
+    [
+        (0, 0.0, None, 0.0),
+        (5, 999.0, None, 0.5),  # no budget: the clock does not count
+        (5, 9.0, 100.0, 0.5),  # steps ahead of the clock
+        (5, 72.0, 100.0, 0.8),  # the clock ahead of the steps: 72 s of the 90 s training share
+        (10, 0.0, 100.0, 1.0),
+    ],
+)
+def test_progress_follows_whichever_ends_first(step, elapsed, budget, expected):
+    assert progress(step, 10, elapsed, budget) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("elapsed", "budget", "stop"), [(1e9, None, False), (89.0, 100.0, False), (91.0, 100.0, True)])
+def test_out_of_time_leaves_a_tenth_of_the_budget(elapsed, budget, stop):
+    assert out_of_time(elapsed, budget) is stop
+
+
+@pytest.mark.parametrize(("used", "budget", "spent"), [(1e9, None, False), (89.0, 100.0, False), (91.0, 100.0, True)])
+def test_budget_spent(used, budget, spent):
+    assert budget_spent(used, budget) is spent
+
+
+def test_run_state_counts_epochs_without_a_better_f1():
+    state = RunState()
+    improved = [state.score(f1) for f1 in (0.2, 0.5, 0.5, 0.4, float("nan"), 0.6)]
+    assert improved == [True, True, False, False, False, True]
+    assert state.best_f1 == 0.6 and state.stale == 0
+    state.score(0.1)
+    assert state.stale == 1
+
+
+def test_run_arguments_keep_the_first_command_and_note_each_resumption():
+    first = {"command": "train A", "profile": {"epochs": 2}, "device": "cpu", "seed": 0}
+    assert run_arguments(first, None) is first
+    again = {**first, "command": "train B", "profile": {"epochs": 3}, "seed": 1}
+    once = run_arguments(again, first)
+    assert once["command"] == "train A" and once["seed"] == 0
+    assert once["resumed"] == [{"command": "train B", "profile": {"epochs": 3}, "device": "cpu"}]
+    twice = run_arguments({**again, "command": "train C"}, once)
+    assert [r["command"] for r in twice["resumed"]] == ["train B", "train C"]
+
+
+def test_epoch_rows_and_their_summary():
+    scores = {"precision": 0.5, "recall": 0.25, "f1": 1 / 3, "iou": 0.2, "defect_recall": 1.0}
+    first = epoch_row(1, [1.0, 3.0], 1e-3, scores, 12.34)
+    assert list(first) == ["epoch", "train_loss", "lr", *scores, "seconds"]
+    assert first["train_loss"] == 2.0 and first["seconds"] == 12.3
+    assert math.isnan(epoch_row(2, [], 1e-3, scores, 0.0)["train_loss"])  # a budget can end an epoch before a step
+    second = epoch_row(2, [1.0], 1e-4, {**scores, "f1": 0.9}, 20.0)
+    third = epoch_row(3, [1.0], 1e-5, {**scores, "f1": 0.9}, 30.0)
+    summary = summarize([first, second, third], 31.06, Path("run/checkpoint.pt"))
+    assert summary["best_epoch"] == 2 and summary["epochs_run"] == 3 and summary["f1"] == 0.9  # the first of equals
+    assert summary["seconds"] == 31.1 and summary["checkpoint"] == str(Path("run/checkpoint.pt"))
+
+
+@pytest.mark.parametrize(
+    ("truth", "keys"),
+    [(None, {"precision", "recall", "f1", "iou", "defect_recall"}), (Counts(1, 0, 0, 5), {"f1_vs_truth"})],
+)
+def test_validation_row(truth, keys):
+    row = Validation(Counts(tp=2, fp=2, fn=0, tn=4), found=1, instances=2, truth_counts=truth).row()
+    assert keys <= set(row) and row["f1"] == pytest.approx(2 / 3)
+    assert ("f1_vs_truth" in row) == (truth is not None)
+    assert math.isnan(Validation(Counts(), 0, 0).row()["defect_recall"])  # no defects to find
+
+
+def test_processes_from_the_environment(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    alone = Processes.from_environment()
+    assert alone == Processes(0, 1, 0) and alone.main and not alone.distributed
+    assert shared_flag(True, alone) is True  # one process: nothing to broadcast
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    other = Processes.from_environment()
+    assert other == Processes(3, 4, 1) and not other.main and other.distributed

@@ -4,20 +4,19 @@ against a real TorchServe, through the page's own server."""
 import dataclasses
 import json
 import re
+import shutil
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
-import torch
 
 from tests.images_for_tests import encode
 from tests.service import answer_of
-from training.inference.config import ModelConfig
-from training.inference.model import save_checkpoint
+from training.inference.config import DECISION_FILE
+from training.inference.loaders import load_variant
 from training.inference.tiling import predict_tiled
-from training.inference.variants import load_variant
 from training.renderer.synth import SynthConfig, generate_layer
 from training.serving.archive import build_archives
 from training.serving.launcher import LISTENERS, free_port, start
@@ -70,10 +69,9 @@ def page_store(tiny_variants, layers, tmp_path_factory) -> Path:
     threshold = (low + high) / 2
     folder = tmp_path_factory.mktemp("page_variants")
     for name in ("checkpoint.pt", "model_fp32.pt", "model_int8.pt"):
-        payload = torch.load(tiny_variants / name, weights_only=True)
-        config = ModelConfig.from_dict(payload["model_config"]).replace(threshold=threshold)
-        extra = {k: v for k, v in payload.items() if k not in ("model_config", "state_dict")}
-        save_checkpoint(folder / name, config, payload["state_dict"], **extra)
+        shutil.copy(tiny_variants / name, folder / name)
+    decision = json.loads((tiny_variants / DECISION_FILE).read_text())
+    (folder / DECISION_FILE).write_text(json.dumps({**decision, "threshold": threshold, "rule": "between the layers"}))
     store = tmp_path_factory.mktemp("page_store")
     build_archives(folder / "checkpoint.pt", store)
     return store
@@ -160,7 +158,7 @@ def test_a_defective_layer_fails_with_overlay_and_the_api_numbers(page, site, la
     assert shown["defect_area_pct"] == f"{answer['defect_area_pct']:.2f} % ({answer['defect_area_px']} px)"
     assert shown["bbox"] == ", ".join(map(str, answer["bbox"]))
     assert shown["components"] == str(answer["components_total"])
-    assert shown["variant"] == "int8 (defect_int8, version 1.0)"
+    assert shown["variant"] == f"int8 (defect_int8, version 1.0, {answer['model']['backend']})"
     assert magenta_pixels(page, "int8") > 0  # the outline is drawn
     canvas = page.locator('.panel[data-variant="int8"] canvas')
     assert canvas.get_attribute("aria-label").startswith("The layer with")

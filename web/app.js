@@ -1,10 +1,9 @@
 // Layer inspection page: three light images -> the defect detection service -> pass/fail, overlay, summary.
 // Requests go to the page's own server (same origin), which passes them to TorchServe with the inference key;
-// /config gives the model names and the service's address.
+// /config gives the model names and labels of the registered variants and the service's address.
 "use strict";
 
 const LIGHTS = [0, 1, 2];
-const VARIANT_NAMES = { fp32: "float32", int8: "int8" };
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -124,14 +123,14 @@ function decisionText(answer) {
   return answer.defect ? "Fail: defects found" : "Pass: no defects found";
 }
 
-function fillSummary(panel, answer, latency) {
+function fillSummary(panel, answer, latency, labels) {
   const fields = {
     decision: answer.defect ? "Fail (defect found)" : "Pass (no defect)",
     max_confidence: answer.max_confidence.toFixed(3),
     defect_area_pct: `${answer.defect_area_pct.toFixed(2)} % (${answer.defect_area_px} px)`,
     bbox: answer.bbox ? answer.bbox.join(", ") : "none",
     components: String(answer.components_total),
-    variant: `${VARIANT_NAMES[answer.model.variant] || answer.model.variant} (${answer.model.name}, version ${answer.model.version})`,
+    variant: `${labels[answer.model.variant] || answer.model.variant} (${answer.model.name}, version ${answer.model.version}, ${answer.model.backend})`,
     latency: `${Math.round(latency)} ms (model ${Math.round(answer.timing_ms.inference)} ms)`,
   };
   for (const [name, text] of Object.entries(fields)) $(`[data-field="${name}"]`, panel).textContent = text;
@@ -160,7 +159,7 @@ async function inspect(event) {
     const files = chosenFiles();
     const config = await serviceConfig();
     const choice = $('input[name="variant"]:checked').value;
-    const variants = choice === "both" ? ["fp32", "int8"] : [choice];
+    const variants = choice === "both" ? Object.keys(config.models) : [choice];
     verdict.textContent = "Inspecting the layer...";
     const results = [];
     for (const variant of variants) {
@@ -172,8 +171,8 @@ async function inspect(event) {
     for (const { variant, answer, latency } of results) {
       const panel = $("#panel-template").content.firstElementChild.cloneNode(true);
       panel.dataset.variant = variant;
-      $(".panel-title", panel).textContent = VARIANT_NAMES[variant];
-      fillSummary(panel, answer, latency);
+      $(".panel-title", panel).textContent = config.labels[variant];
+      fillSummary(panel, answer, latency, config.labels);
       panels.append(panel);
       const mask = await maskOf(answer);
       masks.push(mask);
@@ -189,7 +188,7 @@ async function inspect(event) {
     }
     $("#results").hidden = false;
     verdict.textContent = results
-      .map(({ variant, answer }) => `${decisionText(answer)} (${VARIANT_NAMES[variant]}${answer.defect ? `, ${answer.defect_area_pct.toFixed(2)} % of the layer` : ""}).`)
+      .map(({ variant, answer }) => `${decisionText(answer)} (${config.labels[variant]}${answer.defect ? `, ${answer.defect_area_pct.toFixed(2)} % of the layer` : ""}).`)
       .join(" ");
   } catch (err) {
     verdict.textContent = "";

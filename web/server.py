@@ -20,6 +20,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
+from training.inference.variants import VARIANTS
 from training.serving.launcher import CONFIG, read_properties
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,9 @@ class PageHandler(SimpleHTTPRequestHandler):
             raise ValueError(f"no inference key in {key_file} ({err}); is TorchServe running (make serve)?") from err
 
     def _config(self) -> None:
-        self._json(HTTPStatus.OK, {"service": self.settings["inference_url"], "models": self.settings["models"]})
+        labels = {v.key: v.label for v in VARIANTS}
+        body = {"service": self.settings["inference_url"], "models": self.settings["models"], "labels": labels}
+        self._json(HTTPStatus.OK, body)
 
     def _json(self, status: HTTPStatus, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -144,7 +147,7 @@ def make_server(
     settings = {
         "inference_url": inference_url.rstrip("/"),
         "key_file": str(key_file),
-        "models": models or {"fp32": "defect_fp32", "int8": "defect_int8"},
+        "models": models or {v.key: v.model_name for v in VARIANTS},
         "timeout": timeout,
     }
     return ThreadingHTTPServer((host, port), functools.partial(PageHandler, settings=settings))

@@ -13,6 +13,12 @@ from training.cli.common import command_line
 log = logging.getLogger("training")
 
 
+def _azimuths() -> str:
+    from training.inference.config import DEFAULT_AZIMUTHS_DEG
+
+    return ",".join(f"{a:g}" for a in DEFAULT_AZIMUTHS_DEG)
+
+
 def add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "synth",
@@ -25,7 +31,9 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, help="layer width = height in pixels (default: 512)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default: 0)")
     p.add_argument("--start", type=int, default=0, help="index of the first layer, to extend a set (default: 0)")
-    p.add_argument("--lights", help="three light azimuths in degrees, counter-clockwise from +x (default: 0,120,240)")
+    p.add_argument(
+        "--lights", help=f"three light azimuths in degrees, counter-clockwise from +x (default: {_azimuths()})"
+    )
     p.add_argument("--elevation", type=float, help="light elevation above the bed in degrees (default: 30)")
     p.add_argument("--pitch", type=float, help="pixel pitch on the bed in micrometres (default: 25)")
     p.add_argument("--supersample", type=int, help="render pixels per camera pixel, per axis (default: 2)")
@@ -106,7 +114,7 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--truth", type=Path, help="folder of exact truth class maps <layer_id>.png (synthetic data)")
     p.add_argument(
         "--lights",
-        help="azimuths of the lights of a0, a1, a2 in degrees (default: from synth_config.json, else 0,120,240)",
+        help=f"azimuths of the lights of a0, a1, a2 in degrees (default: from synth_config.json, else {_azimuths()})",
     )
     p.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions (default: 0.7,0.15,0.15)")
     p.add_argument("--threshold", type=float, help="anomaly threshold in robust standard deviations (default: 2.5)")

@@ -95,9 +95,9 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> str:
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="precision-recall curve, threshold choice written into the checkpoint, report vs exact truth",
-        description="Choose each checkpoint's decision threshold on --threshold-split by --rule, write it into the "
-        "checkpoint's ModelConfig, and report scores on --split against exact truth and heuristic labels, with the "
+        help="precision-recall curve, threshold choice written to decision.json, report vs exact truth",
+        description="Choose each checkpoint's decision threshold on --threshold-split by --rule, write it to "
+        "decision.json beside the checkpoint (read by quantize and archive), and report scores on --split against exact truth and heuristic labels, with the "
         "heuristic labeller as a baseline.",
     )
     p.add_argument(
@@ -127,14 +127,14 @@ def run_evaluate(args: argparse.Namespace, argv: list[str]) -> str:
     )  # fmt: skip
     lines = []
     for r in results:
-        truth = r["scores"]["vs_truth"]
+        truth = r.scores["vs_truth"]
         score = (
             f"{args.split} F1 vs truth {truth['f1']:.3f}"
             if truth
-            else f"{args.split} F1 vs heuristic labels {r['scores']['vs_heuristic']['f1']:.3f}"
+            else f"{args.split} F1 vs heuristic labels {r.scores['vs_heuristic']['f1']:.3f}"
         )
-        lines.append(f"{r['checkpoint']}: threshold {r['threshold']:.3f}, {score}")
-    return "\n".join([*lines, f"wrote {report} with its figures; thresholds written into the checkpoints"])
+        lines.append(f"{r.checkpoint}: threshold {r.threshold:.3f}, {score}")
+    return "\n".join([*lines, f"wrote {report} with its figures; decision.json beside each checkpoint"])
 
 
 def add_quantize(sub: argparse._SubParsersAction) -> None:
@@ -173,7 +173,8 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
 
 def run_quantize(args: argparse.Namespace, argv: list[str]) -> str:
     from training.inference.quantization import QuantizationConfig
-    from training.learning.quantize import quantize_checkpoint, write_report
+    from training.learning.quantize import quantize_checkpoint
+    from training.reports.quantization import write_report
 
     floats = tuple(n.strip() for n in args.float_modules.split(",") if n.strip())
     engine = "x86" if args.engine == "auto" else args.engine
@@ -186,13 +187,13 @@ def run_quantize(args: argparse.Namespace, argv: list[str]) -> str:
     )  # fmt: skip
     if args.report:
         write_report(report, args.report)
-    static, sizes = report["static_int8"], report["sizes_bytes"]
+    static, sizes = report.static_int8, report.sizes_bytes
     f1 = (
         f", F1 vs truth {static['f1_float']:.3f} (fp32) / {static['f1_int8']:.3f} (int8)" if "f1_int8" in static else ""
     )
     return (
-        f"int8 vs fp32 on {report['layers']} {args.split} layers: mask IoU {static['mask_iou']:.3f}, decision agreement "
-        f"{static['decision_agreement']:.3f}{f1}; wrote {report['files']['fp32']} ({sizes['fp32'] / 1e6:.1f} MB), "
-        f"{report['files']['int8']} ({sizes['int8'] / 1e6:.1f} MB) and quantization.json"
+        f"int8 vs fp32 on {report.layers} {args.split} layers: mask IoU {static['mask_iou']:.3f}, decision agreement "
+        f"{static['decision_agreement']:.3f}{f1}; wrote {report.files['fp32']} ({sizes['fp32'] / 1e6:.1f} MB), "
+        f"{report.files['int8']} ({sizes['int8'] / 1e6:.1f} MB) and quantization.json"
         + (f"; report {args.report}" if args.report else "")
     )

@@ -133,3 +133,30 @@ def run_stop(args: argparse.Namespace, argv: list[str]) -> str:
 
     said = Server(args.home.resolve(), {}, ()).stop()
     return f"{args.home}: {said or 'stopped'}"
+
+
+def add_schema(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "schema",
+        help="write docs/response.schema.json from the typed answer",
+        description="Generate the JSON Schema of the service's answers from training/inference/answer.py (and the "
+        "request's refusal reasons) and write it atomically; with --check, write nothing and fail when the file "
+        "differs.",
+    )
+    p.add_argument("--out", type=Path, help="default: docs/response.schema.json of this repository")
+    p.add_argument("--check", action="store_true", help="only compare, and fail when the file is out of date")
+    p.set_defaults(run=run_schema)
+
+
+def run_schema(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.inference.images import write_atomic
+    from training.serving.schema import SCHEMA_FILE, render
+
+    out = args.out or SCHEMA_FILE
+    text = render()
+    if args.check:
+        if not out.exists() or out.read_text() != text:
+            raise ValueError(f"{out} is out of date with training/inference/answer.py: run `python -m training schema`")
+        return f"{out} is up to date"
+    write_atomic(out, text.encode())
+    return f"wrote {out}"

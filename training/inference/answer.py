@@ -1,103 +1,125 @@
-"""Defect probabilities -> the answer: the decision mask, its connected components, areas and boxes, and the mask as
-PNG. The output contract shared by evaluation and the serving handler."""
+"""The answer for one layer, as typed objects: what the handler returns (HTTP 200) and what a bad request gets
+(HTTP 4xx). Built in one place (`postprocess.detect`, then `Answer.of` in the handler); `docs/response.schema.json`
+is generated from these classes (`python -m training schema`), so the documented fields are these fields.
+
+Standard library only: the factory client and the page server read these names without numpy or torch. Field
+metadata carries the schema's descriptions and bounds.
+"""
 
 from __future__ import annotations
 
-import base64
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
-import numpy as np
+from training.inference.variants import VARIANTS
 
-from training.inference.images import encode_png
-
-
-def defect_mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """(H, W) bool: pixels whose probability is at or above the threshold, compared in float32 as the PR curve is."""
-    return probabilities >= np.float32(threshold)
+BBOX = "[x, y, width, height] in pixels; x to the right, y down, from the top-left corner"
 
 
-def check_threshold(value: Any) -> float:
-    """A request's threshold override as a float strictly between 0 and 1, or a ValueError that says what came."""
-    try:
-        threshold = float(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"threshold must be a number between 0 and 1, got {value!r}") from err
-    if not 0.0 < threshold < 1.0:  # NaN fails this too
-        raise ValueError(f"threshold must be strictly between 0 and 1, got {value!r}")
-    return threshold
+def _info(description: str = "", **bounds: Any) -> Any:
+    """A field's schema metadata: its description and JSON Schema keywords such as minimum."""
+    return field(metadata={"description": description, **bounds})
 
 
 @dataclass(frozen=True)
 class Component:
-    bbox: tuple[int, int, int, int]  # x, y, width, height in pixels
-    area_px: int
-    max_confidence: float
+    """One 8-connected defect region."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"bbox": list(self.bbox), "area_px": self.area_px, "max_confidence": round(self.max_confidence, 4)}
-
-
-def components(mask: np.ndarray, probabilities: np.ndarray, limit: int | None = None) -> tuple[list[Component], int]:
-    """8-connected components of the mask, largest first (the `limit` largest), each with its box, area and highest
-    probability; and how many there are in all. Vectorised: a noisy mask with 10^5 components stays fast."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    total = count - 1
-    if total == 0:
-        return [], 0
-    area = stats[1:, cv2.CC_STAT_AREA]
-    left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
-    chosen = np.lexsort((left, top, -area))[:limit]  # largest first; ties top to bottom, left to right
-    label, value = labels[mask], probabilities[mask]
-    order = np.lexsort((value, label))  # by label, then probability: each label's last entry is its peak
-    ends = np.searchsorted(label[order], np.arange(1, count), side="right") - 1
-    peaks = value[order][ends]  # (total,) peak probability of labels 1..count-1
-    found = [
-        Component(
-            (int(left[i]), int(top[i]), int(stats[i + 1, cv2.CC_STAT_WIDTH]), int(stats[i + 1, cv2.CC_STAT_HEIGHT])),
-            int(area[i]),
-            float(peaks[i]),
-        )
-        for i in chosen
-    ]
-    return found, total
+    bbox: tuple[int, int, int, int] = _info(BBOX, minimum=0)
+    area_px: int = _info("pixels in the region", minimum=1)
+    max_confidence: float = _info("highest defect probability in the region", minimum=0, maximum=1)
 
 
-def union_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """[x, y, w, h] around every defect pixel, or None for a clean layer."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+@dataclass(frozen=True)
+class MaskImage:
+    """The decision mask as a PNG."""
+
+    format: str = _info("always png", const="png")
+    encoding: str = _info("always base64", const="base64")
+    width: int = _info("", minimum=1)
+    height: int = _info("", minimum=1)
+    data: str = _info("8-bit PNG, 255 = defect, 0 = clean, the size of the input images",
+                      contentEncoding="base64", contentMediaType="image/png")  # fmt: skip
 
 
-def mask_png(mask: np.ndarray) -> dict[str, Any]:
-    """The mask as an 8-bit PNG (0 = clean, 255 = defect), base64-encoded for JSON."""
-    h, w = mask.shape
-    data = base64.b64encode(encode_png(mask.astype(np.uint8) * 255)).decode("ascii")
-    return {"format": "png", "encoding": "base64", "width": w, "height": h, "data": data}
+@dataclass(frozen=True)
+class Light:
+    """Which light the model assumes for a request field."""
+
+    field: str = _info("request field (multipart) or position in images[] (JSON)")
+    azimuth_deg: float = _info("azimuth of the light the model assumes for this image, counter-clockwise from +x")
 
 
-def summarize(
-    probabilities: np.ndarray, threshold: float, return_mask: bool = True, max_components: int | None = None
-) -> dict[str, Any]:
-    """The answer for one layer: decision, confidence, area, union box, components (the `max_components` largest;
-    `components_total` counts them all) and, optionally, the mask."""
-    mask = defect_mask(probabilities, threshold)
-    found, total = components(mask, probabilities, max_components)
-    area = int(np.count_nonzero(mask))
-    box = union_bbox(mask)
-    answer: dict[str, Any] = {
-        "defect": area > 0,
-        "max_confidence": round(float(probabilities.max()), 4),
-        "threshold": threshold,
-        "defect_area_px": area,
-        "defect_area_pct": round(100.0 * area / mask.size, 4),
-        "bbox": None if box is None else list(box),
-        "components": [c.to_dict() for c in found],
-        "components_total": total,
-    }
-    if return_mask:
-        answer["mask"] = mask_png(mask)
-    return answer
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str = _info("the served model name")
+    variant: str = _info("the registered variant", enum=[v.key for v in VARIANTS])
+    backend: str = _info("what runs the variant", enum=sorted({v.backend for v in VARIANTS}))
+    version: str = _info("the archive's version")
+
+
+@dataclass(frozen=True)
+class Timing:
+    decode: float = _info("ms to read and check the three images", minimum=0)
+    inference: float = _info("ms in the model, all tiles", minimum=0)
+    postprocess: float = _info("ms from probabilities to this answer", minimum=0)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """What the probabilities say, at a threshold: the part of the answer that evaluation shares."""
+
+    defect: bool = _info("true when any pixel's probability is at or above the threshold")
+    max_confidence: float = _info("highest defect probability in the layer", minimum=0, maximum=1)
+    threshold: float = _info("decision threshold used: the request's, else the model's",
+                             exclusiveMinimum=0, exclusiveMaximum=1)  # fmt: skip
+    defect_area_px: int = _info("defect pixels", minimum=0)
+    defect_area_pct: float = _info("defect pixels as a percentage of the layer", minimum=0, maximum=100)
+    bbox: tuple[int, int, int, int] | None = _info(f"box around every defect pixel, {BBOX}; null for a clean layer",
+                                                   minimum=0)  # fmt: skip
+    components: tuple[Component, ...] = _info("8-connected defect regions, largest first (at most the server's "
+                                              "max_components)")  # fmt: skip
+    components_total: int = _info("number of components, listed or not", minimum=0)
+    mask: MaskImage | None = _info("the decision mask; left out when the request set return_mask false", omit_none=True)
+
+
+@dataclass(frozen=True)
+class Answer(Detection):
+    """The answer to one request: the detection, the input as the model read it, the model, and timings."""
+
+    converted_from_colour: tuple[str, ...] = _info("images that arrived in colour and were converted to gray")
+    lights: tuple[Light, ...] = _info("the light the model assumes for each image, in channel order")
+    model: ModelInfo = _info("which model answered")
+    timing_ms: Timing = _info("time spent in the worker")
+
+    @classmethod
+    def of(cls, detection: Detection, **context: Any) -> Answer:
+        """The detection with the request's context (converted_from_colour, lights, model, timing_ms)."""
+        return cls(**{f.name: getattr(detection, f.name) for f in dataclasses.fields(Detection)}, **context)
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """A request the handler cannot answer (HTTP 4xx): what was wrong, in words and as a machine-readable reason."""
+
+    code: int = _info("the HTTP status", minimum=400, maximum=499)
+    type: str = _info("always BadRequest", const="BadRequest")
+    reason: str = _info("machine-readable cause; handler/request.py lists them")
+    message: str = _info("what was wrong and what is accepted", minLength=1)
+
+
+def to_json(obj: Any) -> Any:
+    """A typed answer as JSON-ready values: tuples as lists, nested objects as dicts, `omit_none` fields left out
+    when None."""
+    if dataclasses.is_dataclass(obj):
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value is None and f.metadata.get("omit_none"):
+                continue
+            out[f.name] = to_json(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [to_json(v) for v in obj]
+    return obj

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from training.inference import serialize
 from training.inference.config import ModelConfig
 from training.inference.model import build_model
 
@@ -46,11 +47,11 @@ class QuantizationConfig:
             raise ValueError(f"calibration needs at least one image, got {self.calibration_images}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return serialize.to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantizationConfig:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return serialize.from_dict(cls, data, what="quantization setting")
 
 
 def available_engines() -> list[str]:

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.inference.config import ModelConfig
+from training.inference.config import TILE_BATCH, TILE_OVERLAP, ModelConfig
 from training.inference.preprocess import normalize, pad_to_multiple, to_unit
 
 
@@ -52,8 +52,8 @@ def predict_tiled(
     model: nn.Module,
     stack: np.ndarray,
     config: ModelConfig,
-    overlap: int = 64,
-    batch_size: int = 4,
+    overlap: int = TILE_OVERLAP,
+    batch_size: int = TILE_BATCH,
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Probabilities for a layer of any size: tiles of config.tile_size, overlapping by `overlap` pixels, blended.

@@ -1,61 +1,70 @@
-"""The two served variants, float32 and int8: load either artifact and make it ready for fast CPU inference.
+"""The registry of served variants: one entry per variant (its key, the model file `quantize` writes, the model
+name it is served under, the backend that runs it and the loader that makes it ready). Quantize, archive, serve,
+the benchmarks, the client's defaults and the page all read this table; adding a variant or a backend is one entry
+here (and its loader in `loaders`).
 
-float32: eager in channels_last memory format (the fastest float row of `bench`). int8: the FX graph rebuilt from
-its ModelConfig and, when `quantize` measured it faster, traced and frozen as TorchScript.
+Nothing here imports torch: the factory client reads the model names without it.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
-from training.inference.config import ModelConfig
+    from training.inference.config import ModelConfig
 
-VARIANTS = ("fp32", "int8")
-
-
-def variant_of(config: ModelConfig) -> str:
-    return "int8" if config.quantization else "fp32"
+MODEL_PREFIX = "defect"  # served model names are <prefix>_<variant key>
 
 
-class ChannelsLast(nn.Module):
-    """Feeds the wrapped float model channels_last inputs (its weights were converted once)."""
+@dataclass(frozen=True)
+class Variant:
+    key: str  # "fp32", "int8"
+    label: str  # for people: "float32"
+    file: str  # the model file `quantize` writes beside the checkpoint
+    backend: str  # what runs it, reported in every answer
+    loader: str  # the function of `training.inference.loaders` that makes it ready for inference
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model.to(memory_format=torch.channels_last)
+    @property
+    def model_name(self) -> str:
+        return f"{MODEL_PREFIX}_{self.key}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.contiguous(memory_format=torch.channels_last)).contiguous()
+    @property
+    def archive(self) -> str:
+        return f"{self.model_name}.mar"
+
+    def load(self, config: ModelConfig, state_dict: dict[str, Any]) -> nn.Module:
+        """The model ready for inference (eval mode) from its ModelConfig and state dict."""
+        from training.inference import loaders
+
+        return getattr(loaders, self.loader)(config, state_dict)
 
 
-def load_variant(path: Path, config: ModelConfig | None = None) -> tuple[ModelConfig, nn.Module]:
-    """(config, model ready for inference) from a model_fp32.pt / model_int8.pt written by `quantize`. `config`,
-    when given (the archive's model_config.json), must agree with the one stored beside the weights."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model file {path} not found")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if "model_config" not in payload or "state_dict" not in payload:
-        raise ValueError(f"{path} is not a model file of this project (no model_config / state_dict)")
-    stored = ModelConfig.from_dict(payload["model_config"])
-    if config is not None and json.dumps(config.to_dict(), sort_keys=True) != json.dumps(
-        stored.to_dict(), sort_keys=True
-    ):
-        raise ValueError(f"the ModelConfig given for {path.name} differs from the one stored with its weights")
-    if stored.quantization:
-        from training.inference.quantization import freeze, load_int8
+VARIANTS: tuple[Variant, ...] = (
+    Variant("fp32", "float32", "model_fp32.pt", "pytorch", "float_channels_last"),
+    Variant("int8", "int8", "model_int8.pt", "pytorch", "static_int8"),
+)
+DEFAULT = "int8"  # what the client asks when told nothing: the fastest variant that agrees with fp32
 
-        model = load_int8(stored, payload["state_dict"])
-        if stored.quantization.get("frozen"):
-            side = stored.size_multiple * 2
-            model = freeze(model, torch.zeros(1, stored.in_channels, side, side))
-        return stored, model
-    from training.inference.model import build_model
 
-    model = build_model(stored)
-    model.load_state_dict(payload["state_dict"])
-    return stored, ChannelsLast(model.eval()).eval()
+def variant(key: str) -> Variant:
+    """The registered variant with this key, or a ValueError that lists the keys."""
+    for v in VARIANTS:
+        if v.key == key:
+            return v
+    raise ValueError(f"unknown variant {key!r}; choose from: {', '.join(v.key for v in VARIANTS)}")
+
+
+def variant_of(config: ModelConfig) -> Variant:
+    """The variant a ModelConfig describes: int8 when it records a quantization, else fp32."""
+    return variant("int8" if config.quantization else "fp32")
+
+
+def model_names() -> tuple[str, ...]:
+    return tuple(v.model_name for v in VARIANTS)
+
+
+def default_model() -> str:
+    return variant(DEFAULT).model_name

@@ -1,10 +1,10 @@
-"""Evaluation: a precision-recall curve over thresholds, the decision threshold chosen by a rule and written into
-the checkpoint, and a report against exact truth and against the heuristic labels, with the heuristic labeller
-itself as a baseline detector."""
+"""Evaluation: a precision-recall curve over thresholds, the decision threshold chosen by a rule and written as
+decision.json beside the checkpoint (which stays as `train` wrote it), and scores against exact truth and against the
+heuristic labels, with the heuristic labeller itself as a baseline detector. `training.reports.results` renders them
+as a report."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 from dataclasses import dataclass
@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from training.inference.answer import defect_mask
-from training.inference.images import write_atomic
-from training.inference.model import load_checkpoint, save_checkpoint
+from training.inference.config import Decision, ModelConfig
+from training.inference.model import load_checkpoint, state_digest
+from training.inference.postprocess import defect_mask
 from training.inference.tiling import predict_layers
 from training.learning.dataset import LayerRecord, load_split
 from training.learning.metrics import Counts, components_found, confusion
 from training.renderer.defects import CLASSES
-from training.reports.figures import display_stack, error_overlay, pyplot, save_png
+from training.reports import results as results_report
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,22 @@ class Curve:
         return float(t["threshold"][i]), {k: float(t[k][i]) for k in ("precision", "recall", "f1")}
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """One checkpoint scored on a split at the threshold chosen for it: what `training.reports.results` renders."""
+
+    checkpoint: Path
+    label_source: str  # what the model learned from
+    threshold: float
+    threshold_rule: str  # how the threshold was chosen, with the scores it had there
+    config: ModelConfig  # the checkpoint's config with the decision applied
+    scores: dict[str, Any]  # `detection_scores` on the split
+    curve: dict[str, np.ndarray]  # `Curve.table()` against exact truth on the split (all 1.0 without truth)
+    records: list[LayerRecord]  # the split's layers
+    predicted: list[np.ndarray]  # (H, W) bool defect mask per layer, at `threshold`
+    data: Path  # the prepared folder
+
+
 def detection_scores(predicted: list[np.ndarray], records: list[LayerRecord]) -> dict[str, Any]:
     """Pixel and defect-level scores of predictions against truth (per class) and against the heuristic labels."""
     truth, heuristic = Counts(), Counts()
@@ -128,8 +144,10 @@ def evaluate_checkpoint(
     threshold_split: str = "val",
     rule: Rule = Rule("max-f1"),
     reference: str = "labels",
-) -> dict[str, Any]:
-    """Choose the threshold on `threshold_split`, write it into the checkpoint, score `split` at it."""
+    command: str = "",
+) -> Evaluation:
+    """Choose the threshold on `threshold_split`, write it to decision.json beside the checkpoint, score `split`
+    at it."""
     config, model, payload = load_checkpoint(path)
     data_dir = Path(data_dir or config.training.get("data", ""))
     if reference not in ("labels", "truth"):
@@ -145,10 +163,10 @@ def evaluate_checkpoint(
     chosen = (
         f"{rule} on {threshold_split} vs {source} (P {at['precision']:.3f}, R {at['recall']:.3f}, F1 {at['f1']:.3f})"
     )
-    config = config.replace(threshold=threshold, threshold_rule=chosen)
-    extra = {k: v for k, v in payload.items() if k not in ("model_config", "state_dict")}
-    save_checkpoint(Path(path), config, payload["state_dict"], **extra)
-    log.info("%s: threshold %.3f (%s), written into the checkpoint", path, threshold, chosen)
+    decision = Decision(threshold, chosen, state_digest(payload["state_dict"]), command)
+    written = decision.write(Path(path))
+    config = config.with_decision(decision)
+    log.info("%s: threshold %.3f (%s), written to %s", path, threshold, chosen, written)
 
     test = load_split(data_dir, split, "heuristic")
     probabilities = predict_layers(model, [r.stack for r in test], config)
@@ -157,173 +175,23 @@ def evaluate_checkpoint(
         if record.truth is not None:
             test_curve.add(probs, record.truth > 0)
     predicted = [defect_mask(p, threshold) for p in probabilities]
-    return {
-        "checkpoint": str(path),
-        "label_source": config.label_source,
-        "threshold": threshold,
-        "threshold_rule": chosen,
-        "config": config,
-        "scores": detection_scores(predicted, test),
-        "curve": test_curve.table(),
-        "records": test,
-        "predicted": predicted,
-        "data": str(data_dir),
-    }
+    return Evaluation(
+        checkpoint=Path(path),
+        label_source=config.label_source,
+        threshold=threshold,
+        threshold_rule=chosen,
+        config=config,
+        scores=detection_scores(predicted, test),
+        curve=test_curve.table(),
+        records=test,
+        predicted=predicted,
+        data=data_dir,
+    )
 
 
 def heuristic_baseline(records: list[LayerRecord]) -> dict[str, Any]:
     """The heuristic labeller used directly as a detector."""
     return detection_scores([r.heuristic > 0 for r in records], records)
-
-
-def plot_pr(results: list[dict[str, Any]], path: Path) -> None:
-    fig, ax = pyplot().subplots(figsize=(5.5, 4.5))
-    for result in results:
-        t = result["curve"]
-        label = f"trained on {result['label_source']}"
-        ax.plot(t["recall"], t["precision"], label=label)
-        i = round(result["threshold"] * BINS)
-        ax.plot(t["recall"][i], t["precision"][i], "o", color=ax.lines[-1].get_color())
-    ax.set_xlabel("recall (pixels, vs exact truth)")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(title="dot: chosen threshold", fontsize=8)
-    ax.set_title("precision-recall on the test split")
-    fig.tight_layout()
-    save_png(fig, path)
-
-
-def plot_examples(results: list[dict[str, Any]], path: Path, n: int = 3) -> None:
-    records = results[0]["records"]
-    has_truth = all(r.truth is not None for r in records)
-
-    def reference_of(record: LayerRecord) -> np.ndarray:
-        return record.truth > 0 if has_truth else record.heuristic > 0
-
-    order = sorted(range(len(records)), key=lambda i: -int(reference_of(records[i]).sum()))
-    chosen = sorted(order[:n])
-    columns = ["stacked image", *[f"trained on {r['label_source']}" for r in results], "heuristic labels"]
-    fig, axes = pyplot().subplots(len(chosen), len(columns), figsize=(3 * len(columns), 3 * len(chosen)), squeeze=False)
-    for row, i in enumerate(chosen):
-        record = records[i]
-        reference = reference_of(record)
-        axes[row, 0].imshow(display_stack(record.stack))
-        axes[row, 0].set_ylabel(record.layer_id, fontsize=8)
-        masks = [r["predicted"][i] for r in results] + [record.heuristic > 0]
-        for col, mask in enumerate(masks, start=1):
-            axes[row, col].imshow(error_overlay(record.stack, mask, reference))
-    for col, title in enumerate(columns):
-        axes[0, col].set_title(title, fontsize=9)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    against = "exact truth" if has_truth else "heuristic labels (no truth)"
-    fig.suptitle(f"against {against} - green: found; red: false alarm; blue: missed", fontsize=9)
-    fig.tight_layout()
-    save_png(fig, path)
-
-
-def _row(name: str, threshold: str, s: dict[str, Any]) -> str:
-    t, h = s["vs_truth"], s["vs_heuristic"]
-    if t is None:  # real data: no exact truth
-        truth_cells = "n/a | n/a | n/a | n/a | n/a"
-    else:
-        dr = "n/a" if t["defect_recall"] is None else f"{t['defect_recall']:.3f}"
-        truth_cells = f"{t['precision']:.3f} | {t['recall']:.3f} | {t['f1']:.3f} | {t['iou']:.3f} | {dr}"
-    return f"| {name} | {threshold} | {truth_cells} | {h['precision']:.3f} | {h['recall']:.3f} | {h['f1']:.3f} |"
-
-
-def _commands(results: list[dict[str, Any]], evaluate_command: str) -> list[str]:
-    """The commands that produced the data, the models and this report, read from the files they wrote."""
-    commands: list[str] = []
-    data = Path(results[0]["data"])
-    prepare_report = data / "prepare_report.json"
-    if prepare_report.exists():
-        prepared = json.loads(prepare_report.read_text())
-        synth_record = Path(prepared.get("raw", "")).parent / "synth_config.json"
-        if synth_record.exists():
-            commands.append(json.loads(synth_record.read_text()).get("command", ""))
-        commands.append(prepared.get("command", ""))
-    for result in results:
-        args = Path(result["checkpoint"]).parent / "args.json"
-        if args.exists():
-            commands.append(json.loads(args.read_text()).get("command", ""))
-    commands.append(evaluate_command)
-    return [c for c in commands if c]
-
-
-def write_report(results: list[dict[str, Any]], baseline: dict[str, Any], report: Path, command: str) -> None:
-    report.parent.mkdir(parents=True, exist_ok=True)
-    stem = report.with_suffix("")
-    pr_png, examples_png = Path(f"{stem}_pr.png"), Path(f"{stem}_examples.png")
-    plot_pr(results, pr_png)
-    plot_examples(results, examples_png)
-    rows = [_row(f"U-Net trained on {r['label_source']}", f"{r['threshold']:.3f}", r["scores"]) for r in results] + [
-        _row("heuristic labeller (baseline)", "-", baseline)
-    ]
-    class_head = " | ".join(n.replace("_", " ") for n in CLASSES)
-    class_rows = []
-    for name, s in [(f"trained on {r['label_source']}", r["scores"]) for r in results] + [
-        ("heuristic labeller", baseline)
-    ]:
-        values = [s["defect_recall_by_class"][n] for n in CLASSES]
-        class_rows.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in values) + " |")
-    instances = results[0]["scores"]["instances_by_class"]
-    training_rows = []
-    for r in results:
-        tr = r["config"].training
-        val = tr.get("val", {})
-        training_rows.append(
-            f"| {r['label_source']} | {tr.get('profile')} | {tr.get('best_epoch')} | {tr.get('train_layers')} | "
-            f"{tr.get('pos_weight')} | {val.get('f1', float('nan')):.3f} | {r['threshold_rule']} |"
-        )
-    test_layers = len(results[0]["records"])
-    text = "\n".join(
-        [
-            "# Results: defect segmentation against exact truth",
-            "",
-            "Produced by `python -m training evaluate`. Regenerate (data, trainings, this report):",
-            "",
-            "```bash",
-            *_commands(results, command),
-            "```",
-            "",
-            f"Test split: {test_layers} synthetic layers, never seen in training or threshold selection. Each model's "
-            "threshold was chosen on the validation split against the labels it was trained on (what a user without "
-            "truth can do), then written into its checkpoint. Pixel scores are micro-averaged; a true defect counts as "
-            "found when a predicted component overlaps it, so a detector with many false alarms scores well on defect "
-            "recall: read it next to precision.",
-            "",
-            "## Pixel and defect-level scores",
-            "",
-            "| detector | threshold | P vs truth | R vs truth | F1 vs truth | IoU vs truth | defect recall | P vs heuristic | R vs heuristic | F1 vs heuristic |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-            "## Defect-level recall per class (vs truth)",
-            "",
-            f"| detector | {class_head} |",
-            "|---|" + "---|" * len(CLASSES),
-            *class_rows,
-            "| instances in the test split | " + " | ".join(str(instances[n]) for n in CLASSES) + " |",
-            "",
-            "## Training",
-            "",
-            "| labels | profile | best epoch | train layers | pos_weight | val F1 at 0.5 | threshold rule |",
-            "|---|---|---|---|---|---|---|",
-            *training_rows,
-            "",
-            f"![precision-recall]({pr_png.name})",
-            "",
-            f"![examples]({examples_png.name})",
-            "",
-            "Synthetic layers are not a real printer: these scores describe our generator's physics and defect mix.",
-            "",
-        ]
-    )
-    write_atomic(report, text.encode())
 
 
 def evaluate(
@@ -335,10 +203,12 @@ def evaluate(
     rule: Rule = Rule("max-f1"),
     reference: str = "labels",
     command: str = "",
-) -> list[dict[str, Any]]:
-    results = [evaluate_checkpoint(p, data_dir, split, threshold_split, rule, reference) for p in checkpoints]
+) -> list[Evaluation]:
+    """Evaluate each checkpoint; write its pr_curve.png beside it and one report comparing them to `report`."""
+    command = command or shlex.join(["python", "-m", "training", "evaluate"])
+    results = [evaluate_checkpoint(p, data_dir, split, threshold_split, rule, reference, command) for p in checkpoints]
     for result in results:
-        plot_pr([result], Path(result["checkpoint"]).parent / "pr_curve.png")
-    baseline = heuristic_baseline(results[0]["records"])
-    write_report(results, baseline, report, command or shlex.join(["python", "-m", "training", "evaluate"]))
+        results_report.plot_pr([result], result.checkpoint.parent / "pr_curve.png")
+    baseline = heuristic_baseline(results[0].records)
+    results_report.write_report(results, baseline, report, command)
     return results

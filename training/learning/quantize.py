@@ -1,8 +1,10 @@
 """The `quantize` command: float32 and int8 state dicts from a trained checkpoint, with the int8 model's accuracy
 measured against the float model and against exact truth.
 
-Writes into the output folder: `model_fp32.pt`, `model_int8.pt` (static int8), each {model_config, state_dict}
-readable with `torch.load(..., weights_only=True)`, and `quantization.json` (settings, sizes, agreement).
+Writes into the output folder the model file of each registered variant (`variants.VARIANTS`: model_fp32.pt,
+model_int8.pt), each {model_config, state_dict} readable with `torch.load(..., weights_only=True)`, and
+`quantization.json` (settings, sizes, agreement at the threshold `evaluate` chose, read from decision.json): the
+`Quantization` result, which `training.reports.quantization` renders as Markdown.
 """
 
 from __future__ import annotations
@@ -11,16 +13,18 @@ import dataclasses
 import io
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from training.inference.answer import defect_mask
-from training.inference.config import ModelConfig
-from training.inference.images import write_atomic, write_json
+from training.inference import serialize
+from training.inference.config import Decision, ModelConfig
+from training.inference.images import write_json
 from training.inference.model import load_checkpoint, save_checkpoint, state_digest
+from training.inference.postprocess import defect_mask
 from training.inference.quantization import (
     QuantizationConfig,
     available_engines,
@@ -30,10 +34,38 @@ from training.inference.quantization import (
     quantize_static,
 )
 from training.inference.tiling import model_input, predict_layers
+from training.inference.variants import VARIANTS
 from training.learning.dataset import LayerRecord, load_split
 from training.learning.metrics import Counts, confusion
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """What `quantize` made and measured, written as quantization.json (these fields, in this order)."""
+
+    command: str
+    checkpoint: str
+    settings: QuantizationConfig  # as used: with the engine chosen by timing, when it was
+    calibration_seconds: float
+    split: str  # the split the agreement was measured on
+    layers: int
+    threshold: float  # from decision.json: agreement where the model is served
+    sizes_bytes: dict[str, int]  # "fp32", "int8": bytes of each state dict
+    engine_timings_ms: dict[str, dict[str, float]]  # engine -> eager_ms, frozen_ms; {} when chosen by hand
+    calibration_sweep: list[dict[str, Any]]  # `calibration_sweep` rows; [] without --sweep
+    static_int8: dict[str, float]  # `agreement` of each int8 variant with float32
+    dynamic_int8: dict[str, float]
+    files: dict[str, str]  # variant key -> model file
+
+    def to_dict(self) -> dict[str, Any]:
+        return serialize.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Quantization:
+        """Rebuild from quantization.json, e.g. to render its report again."""
+        return serialize.from_dict(cls, data, what="quantization.json key")
 
 
 def calibration_inputs(
@@ -121,6 +153,7 @@ def calibration_sweep(
     val_records: list[LayerRecord],
     counts: list[int],
     settings: QuantizationConfig,
+    threshold: float,
 ) -> list[dict[str, Any]]:
     """Agreement of static int8 with float32 on the validation split for each observer and calibration count:
     the measurement behind the --calibration and --observer defaults."""
@@ -134,7 +167,7 @@ def calibration_sweep(
             seconds = time.perf_counter() - started
             int8_probs = predict_layers(int8, [r.stack for r in val_records], config)
             row = {"observer": observer, "images": count, "calibration_seconds": round(seconds, 1)}
-            rows.append({**row, **agreement(float_probs, int8_probs, val_records, config.threshold)})
+            rows.append({**row, **agreement(float_probs, int8_probs, val_records, threshold)})
             log.info("sweep: %s, %d images: mask IoU %.4f", observer, count, rows[-1]["mask_iou"])
     return rows
 
@@ -148,10 +181,11 @@ def quantize_checkpoint(
     command: str = "",
     choose_engine: bool = False,
     sweep: list[int] | None = None,
-) -> dict[str, Any]:
+) -> Quantization:
     """Make the float32 and int8 artifacts of a checkpoint and measure the int8 model's agreement. With
     `choose_engine`, the quantized engine and whether to freeze are picked by timing each on this machine."""
     config, model, _ = load_checkpoint(checkpoint)
+    threshold = Decision.read(checkpoint, state_digest(model.state_dict())).threshold  # agreement where it is served
     out_dir = Path(out_dir or Path(checkpoint).parent)
     data_dir = Path(data_dir or config.training.get("data", ""))
     train_records = load_split(data_dir, "train", "heuristic")
@@ -159,7 +193,7 @@ def quantize_checkpoint(
     sweep_rows = []
     if sweep:
         val_records = load_split(data_dir, "val", "heuristic")
-        sweep_rows = calibration_sweep(model, config, train_records, val_records, sweep, settings)
+        sweep_rows = calibration_sweep(model, config, train_records, val_records, sweep, settings, threshold)
     calibration = calibration_inputs(train_records, config, settings.calibration_images)
     engines = measure_engines(model, calibration, settings) if choose_engine else {}
     if engines:
@@ -178,9 +212,10 @@ def quantize_checkpoint(
             "frozen": not engines or engines[settings.engine]["frozen_ms"] <= engines[settings.engine]["eager_ms"],
         }
     )
-    save_checkpoint(out_dir / "model_fp32.pt", config, model.state_dict())
-    save_checkpoint(out_dir / "model_int8.pt", int8_config, int8.state_dict())
-    reloaded = load_int8(int8_config, torch.load(out_dir / "model_int8.pt", weights_only=True)["state_dict"])
+    files = {v.key: out_dir / v.file for v in VARIANTS}
+    save_checkpoint(files["fp32"], config, model.state_dict())
+    save_checkpoint(files["int8"], int8_config, int8.state_dict())
+    reloaded = load_int8(int8_config, torch.load(files["int8"], weights_only=True)["state_dict"])
     probe = calibration[0]
     with torch.no_grad():
         if not torch.equal(reloaded(probe), int8(probe)):
@@ -188,99 +223,27 @@ def quantize_checkpoint(
 
     records = load_split(data_dir, split, "heuristic")
     float_probs = predict_layers(model, [r.stack for r in records], config)
-    report = {
-        "command": command,
-        "checkpoint": str(checkpoint),
-        "settings": settings.to_dict(),
-        "calibration_seconds": round(seconds, 1),
-        "split": split,
-        "layers": len(records),
-        "threshold": config.threshold,
-        "sizes_bytes": {"fp32": _size(model.state_dict()), "int8": _size(int8.state_dict())},
-        "engine_timings_ms": engines,
-        "calibration_sweep": sweep_rows,
-        "static_int8": agreement(
-            float_probs, predict_layers(int8, [r.stack for r in records], config), records, config.threshold
+    result = Quantization(
+        command=command,
+        checkpoint=str(checkpoint),
+        settings=settings,
+        calibration_seconds=round(seconds, 1),
+        split=split,
+        layers=len(records),
+        threshold=threshold,
+        sizes_bytes={"fp32": _size(model.state_dict()), "int8": _size(int8.state_dict())},
+        engine_timings_ms=engines,
+        calibration_sweep=sweep_rows,
+        static_int8=agreement(
+            float_probs, predict_layers(int8, [r.stack for r in records], config), records, threshold
         ),
-        "dynamic_int8": agreement(
+        dynamic_int8=agreement(
             float_probs,
             predict_layers(quantize_dynamic(model), [r.stack for r in records], config),
             records,
-            config.threshold,
+            threshold,
         ),
-        "files": {"fp32": str(out_dir / "model_fp32.pt"), "int8": str(out_dir / "model_int8.pt")},
-    }
-    write_json(out_dir / "quantization.json", report)
-    return report
-
-
-def _sweep_lines(rows: list[dict[str, Any]]) -> list[str]:
-    if not rows:
-        return []
-    best = max(rows, key=lambda r: (round(r["mask_iou"], 4), -r["images"]))
-    return [
-        "## Calibration sweep (validation split)",
-        "",
-        "| observer | calibration layers | seconds | mask IoU with fp32 | decision agreement | F1 drop vs truth |",
-        "|---|---|---|---|---|---|",
-        *[
-            f"| {r['observer']} | {r['images']} | {r['calibration_seconds']} | {r['mask_iou']:.4f} | "
-            f"{r['decision_agreement']:.3f} | {r.get('f1_drop', float('nan')):.4f} |"
-            for r in rows
-        ],
-        "",
-        f"Highest agreement: `{best['observer']}` with {best['images']} layers (fewest layers among equals).",
-        "",
-    ]
-
-
-def write_report(report: dict[str, Any], path: Path) -> None:
-    """Markdown table of the int8 variants' agreement with float32 and their accuracy against exact truth."""
-
-    def cell(value: float | None, digits: int = 3) -> str:
-        return "n/a" if value is None else f"{value:.{digits}f}"
-
-    rows = []
-    for name, key in (("static int8 (FX, calibrated)", "static_int8"), ("dynamic int8 (prototype)", "dynamic_int8")):
-        a = report[key]
-        rows.append(
-            f"| {name} | {cell(a['mask_iou'])} | {cell(a['decision_agreement'])} | {cell(a.get('f1_float'))} | "
-            f"{cell(a.get('f1_int8'))} | {cell(a.get('f1_drop'), 4)} | {cell(a['max_probability_difference'])} |"
-        )
-    sizes = report["sizes_bytes"]
-    settings = report["settings"]
-    timings = report.get("engine_timings_ms") or {}
-    engine_note = (
-        "the fastest measured here: "
-        + ", ".join(f"{e} {t['eager_ms']:.1f} ms eager / {t['frozen_ms']:.1f} ms frozen" for e, t in timings.items())
-        + " per tile"
-        if timings
-        else "chosen by hand"
+        files={key: str(path) for key, path in files.items()},
     )
-    text = "\n".join(
-        [
-            "# Quantization: int8 against float32",
-            "",
-            "Produced by `python -m training quantize`. Regenerate:",
-            "",
-            "```bash",
-            report["command"],
-            "```",
-            "",
-            f"Checkpoint `{report['checkpoint']}`; {report['layers']} layers of the {report['split']} split at the "
-            f"model's threshold {report['threshold']:.3f}. Static int8: engine `{settings['engine']}` "
-            f"({engine_note}), observer "
-            f"`{settings['observer']}`, {settings['calibration_images']} calibration layers, kept in float: "
-            f"{', '.join(settings['float_modules']) or 'nothing'}. Targets: mask IoU with float32 >= 0.97, F1 drop <= 0.01.",
-            "",
-            "| variant | mask IoU with fp32 | decision agreement | F1 fp32 vs truth | F1 int8 vs truth | F1 drop | max probability difference |",
-            "|---|---|---|---|---|---|---|",
-            *rows,
-            "",
-            f"State dicts: fp32 {sizes['fp32'] / 1e6:.2f} MB, int8 {sizes['int8'] / 1e6:.2f} MB "
-            f"({sizes['fp32'] / sizes['int8']:.2f}x smaller).",
-            "",
-            *_sweep_lines(report.get("calibration_sweep") or []),
-        ]
-    )
-    write_atomic(path, text.encode())
+    write_json(out_dir / "quantization.json", result.to_dict())
+    return result

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from training.inference.config import DEFAULT_AZIMUTHS_DEG
 from training.inference.images import ImageError, encode_png, read_png_array, write_atomic, write_csv, write_json
 from training.preparation import label_quality
 from training.preparation.labels import LabelConfig, check_vote, light_votes, vote
 from training.preparation.triplets import REASONS, Dropped, QualityLimits, Triplet, group_files, load_triplet
+from training.reports import label_quality as label_quality_report
 from training.workers import progress_map
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ class PrepareConfig:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     limits: QualityLimits = field(default_factory=QualityLimits)
     azimuths_deg: tuple[float, float, float] | None = (
-        None  # light k's azimuth; None: from synth_config.json or 0,120,240
+        None  # light k's azimuth; None: from synth_config.json or DEFAULT_AZIMUTHS_DEG
     )
 
     def __post_init__(self) -> None:
@@ -158,8 +160,8 @@ def _recorded_azimuths(raw: Path) -> tuple[float, float, float]:
         azimuths = tuple(json.loads(record.read_text())["config"]["azimuths_deg"])
         log.info("light azimuths %s taken from %s", azimuths, record)
         return azimuths  # type: ignore[return-value]
-    log.info("light azimuths not given (--lights): assuming 0,120,240 degrees for images a0, a1, a2")
-    return (0.0, 120.0, 240.0)
+    log.info("light azimuths not given (--lights): assuming %s degrees for images a0, a1, a2", DEFAULT_AZIMUTHS_DEG)
+    return DEFAULT_AZIMUTHS_DEG
 
 
 def prepare(
@@ -248,12 +250,14 @@ def prepare(
         for lid in label_quality.pick_examples(stats):
             loaded = load_triplet(by_id[lid], config.limits)
             truth = read_truth(truth_arg, lid, loaded.stack.shape[:2])
-            examples.append((lid, loaded.stack, light_votes(loaded.stack, config.labels), truth))
+            examples.append(label_quality.Example(lid, loaded.stack, light_votes(loaded.stack, config.labels), truth))
         synth_record = raw.parent / "synth_config.json"  # written by `synth`: the command that made this data
         data_command = json.loads(synth_record.read_text()).get("command") if synth_record.exists() else None
-        report["label_quality"] = label_quality.write_report(
-            summary, examples, out, Path(report_dir), command, data_command
-        )
+        quality = label_quality.LabelQuality(summary, examples, command, data_command)
+        written = label_quality_report.write_report(quality, Path(report_dir))
+        numbers = out / "label_quality.json"
+        write_json(numbers, summary)
+        report["label_quality"] = {**written, "json": str(numbers)}
     write_json(out / "prepare_report.json", report)
     for reason, count in report["dropped_by_reason"].items():
         log.info("dropped %d: %s (%s)", count, reason, report["reasons"][reason])

@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from training.inference import serialize
+from training.inference.config import DEFAULT_AZIMUTHS_DEG
 from training.inference.images import encode_png, write_atomic, write_json
 from training.renderer import camera, defects, lighting
 from training.renderer.camera import CameraConfig
@@ -36,7 +39,7 @@ class SynthConfig:
     size: int = 512
     pitch_um: float = 25.0
     supersample: int = 2
-    azimuths_deg: tuple[float, float, float] = (0.0, 120.0, 240.0)
+    azimuths_deg: tuple[float, ...] = DEFAULT_AZIMUTHS_DEG
     elevation_deg: float = 30.0
     clean_fraction: float = 0.2
     surface: SurfaceConfig = field(default_factory=SurfaceConfig)
@@ -65,42 +68,29 @@ class SynthConfig:
         return [lighting.Light(a, self.elevation_deg) for a in self.azimuths_deg]
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return serialize.to_dict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> SynthConfig:
-        """Rebuild from `to_json()` output; keys left out keep their defaults."""
+        """Rebuild from `to_json()` output; keys left out keep their defaults, also inside one class's DefectSpec
+        (`{"defects": {"pit": {"probability": 1.0}}}` changes only that), and classes left out keep theirs."""
         data = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown synth config key(s) {sorted(unknown)}; known: {sorted(known)}")
-        if "surface" in data:
-            data["surface"] = _tuples(SurfaceConfig, data["surface"])
-        if "camera" in data:
-            data["camera"] = _tuples(CameraConfig, data["camera"])
-        if "defects" in data:
-            specs = dict(DEFAULT_SPECS)
-            for name, spec in data["defects"].items():
-                base = dataclasses.asdict(specs[name]) if name in specs else {}
-                specs[name] = _tuples(DefectSpec, {**base, **spec})
-            data["defects"] = specs
-        if "azimuths_deg" in data:
-            data["azimuths_deg"] = tuple(data["azimuths_deg"])
-        return cls(**data)
+        if isinstance(data.get("defects"), Mapping):
+            unknown = sorted(set(data["defects"]) - set(DEFAULT_SPECS))  # a misspelt class would lack every key
+            if unknown:
+                raise ValueError(f"unknown defect class(es) {unknown}; choose from: {', '.join(DEFAULT_SPECS)}")
+            defaults = {name: serialize.to_dict(spec) for name, spec in DEFAULT_SPECS.items()}
+            given = {
+                name: {**defaults[name], **spec} if isinstance(spec, Mapping) else spec
+                for name, spec in data["defects"].items()
+            }
+            data["defects"] = {**defaults, **given}
+        return serialize.from_dict(cls, data, what="synth config key")
 
     def only_classes(self, names: tuple[str, ...]) -> SynthConfig:
         """The same configuration with every class outside `names` switched off."""
         specs = {n: (s if n in names else dataclasses.replace(s, probability=0.0)) for n, s in self.defects.items()}
         return dataclasses.replace(self, defects=specs)
-
-
-def _tuples(cls, values: dict):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} key(s) {sorted(unknown)}; known: {sorted(known)}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 @dataclass

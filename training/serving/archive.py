@@ -1,4 +1,4 @@
-"""TorchServe archives (.mar) of both variants: the `handler` package, the inference contract
+"""TorchServe archives (.mar) of every registered variant (`training.inference.variants`): the `handler` package, the inference contract
 (`training.inference`), the weights, the ModelConfig as JSON and a model-config.yaml each, packed by
 torch-model-archiver. Whole packages are packed, so no list of modules is kept by hand.
 
@@ -23,10 +23,10 @@ import torch
 import yaml
 
 from handler.settings import ServingConfig
-from training.inference.config import ModelConfig
+from training.inference.config import Decision, ModelConfig
 from training.inference.images import write_json
 from training.inference.model import state_digest
-from training.inference.variants import VARIANTS
+from training.inference.variants import MODEL_PREFIX, VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,6 @@ SHIPPED_PACKAGES = (
     (ROOT / "handler", Path("handler")),
     (ROOT / "training" / "inference", Path("training") / "inference"),
 )
-MODEL_FILES = {"fp32": "model_fp32.pt", "int8": "model_int8.pt"}
-
-
-def model_name(variant: str, prefix: str = "defect") -> str:
-    return f"{prefix}_{variant}"
 
 
 def stage_packages(stage: Path) -> list[Path]:
@@ -62,34 +57,38 @@ def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def check_variants(checkpoint: Path) -> dict[str, Path]:
-    """The float32 and int8 model files beside a checkpoint, checked to come from it and to carry its threshold."""
+def served_configs(checkpoint: Path) -> dict[str, tuple[Path, ModelConfig]]:
+    """Per registered variant: its model file beside the checkpoint, checked to come from the checkpoint's
+    weights, and the ModelConfig it is served with (its own, with the threshold `evaluate` chose)."""
     checkpoint = Path(checkpoint)
-    source = _load(checkpoint)
-    config = ModelConfig.from_dict(source["model_config"])
-    files = {v: checkpoint.parent / MODEL_FILES[v] for v in VARIANTS}
-    digest = state_digest(source["state_dict"])
-    payloads = {path: _load(path) for path in files.values()}  # every file present before any is judged
-    for path, payload in payloads.items():
+    digest = state_digest(_load(checkpoint)["state_dict"])
+    decision = Decision.read(checkpoint, digest)
+    files = {v.key: checkpoint.parent / v.file for v in VARIANTS}
+    payloads = {key: _load(path) for key, path in files.items()}  # every file present before any is judged
+    served = {}
+    for key, payload in payloads.items():
         stored = ModelConfig.from_dict(payload["model_config"])
         origin = stored.quantization["source_digest"] if stored.quantization else state_digest(payload["state_dict"])
         if origin != digest:
-            raise ValueError(f"{path} was not made from {checkpoint} (weights differ): run quantize again")
-        if stored.threshold != config.threshold:
-            raise ValueError(
-                f"{path} has threshold {stored.threshold} but {checkpoint} has {config.threshold} (evaluate ran after "
-                "quantize?): run quantize again so both variants carry the chosen threshold"
-            )
-    return files
+            raise ValueError(f"{files[key]} was not made from {checkpoint} (weights differ): run quantize again")
+        served[key] = (files[key], stored.with_decision(decision))
+    return served
 
 
 def build_archive(
-    weights: Path, out_dir: Path, name: str, serving: ServingConfig, version: str, handler: Path = HANDLER
+    weights: Path,
+    config: ModelConfig,
+    out_dir: Path,
+    name: str,
+    serving: ServingConfig,
+    version: str,
+    handler: Path = HANDLER,
 ) -> Path:
-    """One .mar from a model file; returns its path."""
+    """One .mar from a model file and the ModelConfig it is served with; returns its path."""
+    if config.threshold is None:
+        raise ValueError(f"{weights}: the served ModelConfig needs a decision threshold (run evaluate)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    config = ModelConfig.from_dict(torch.load(weights, map_location="cpu", weights_only=True)["model_config"])
     with tempfile.TemporaryDirectory(prefix="archive-") as tmp:
         tmp = Path(tmp)
         stage = tmp / "stage"
@@ -123,8 +122,11 @@ def build_archives(
     out_dir: Path,
     serving: ServingConfig = ServingConfig(),
     version: str = "1.0",
-    prefix: str = "defect",
+    prefix: str = MODEL_PREFIX,
 ) -> dict[str, Path]:
-    """defect_fp32.mar and defect_int8.mar from a checkpoint's model_fp32.pt and model_int8.pt."""
-    files = check_variants(checkpoint)
-    return {v: build_archive(path, out_dir, model_name(v, prefix), serving, version) for v, path in files.items()}
+    """An archive per registered variant (<prefix>_<key>.mar) from the model files `quantize` wrote beside the
+    checkpoint and the threshold `evaluate` wrote there."""
+    return {
+        key: build_archive(weights, config, out_dir, f"{prefix}_{key}", serving, version)
+        for key, (weights, config) in served_configs(checkpoint).items()
+    }

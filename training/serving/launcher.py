@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.inference.variants import model_names
+
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config.properties"
 LISTENERS = ("inference", "management", "metrics")  # HTTP
@@ -76,8 +78,9 @@ class Server:
     def env(self) -> dict[str, str]:
         tmp = self.home / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)
+        inherited = {k: v for k, v in os.environ.items() if k != "TS_CONFIG_FILE"}  # it would replace --ts-config
         return {
-            **os.environ,
+            **inherited,
             "TMPDIR": str(tmp),  # TorchServe's pid file lives in the temp dir: one per server
             "LOG_LOCATION": str(self.home / "logs"),
             "METRICS_LOCATION": str(self.home / "logs"),
@@ -147,7 +150,7 @@ def _torchserve() -> str:
 def start(
     model_store: Path,
     home: Path,
-    models: tuple[str, ...] = ("defect_fp32", "defect_int8"),
+    models: tuple[str, ...] | None = None,
     ports: dict[str, int] | None = None,
     config: Path = CONFIG,
     foreground: bool = False,
@@ -157,6 +160,7 @@ def start(
     """TorchServe with `config`, the archives `<model>.mar` of `model_store`, and its files under `home`. Ports
     default to the config's; `foreground` keeps it a child of this process (the tests' way); `overrides` replace
     further settings (e.g. the CORS origin of a page on another port)."""
+    models = models or model_names()  # every registered variant
     home, model_store = Path(home).resolve(), Path(model_store).resolve()
     for model in models:
         if not (model_store / f"{model}.mar").exists():

@@ -1,0 +1,80 @@
+"""The answer's one definition (training/inference/answer.py), its generated schema, and the readers of the
+answer (the client, the benches, the page) that must use only documented fields."""
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+
+from training.inference.answer import Answer, Component, Detection, Light, MaskImage, ModelInfo, Timing, to_json
+from training.inference.variants import VARIANTS
+from training.serving.schema import SCHEMA_FILE, render, response_schema
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = response_schema()
+ANSWER = SCHEMA["$defs"]["Answer"]["properties"]
+NESTED = {"mask": "MaskImage", "model": "ModelInfo", "timing_ms": "Timing", "components": "Component"}
+
+
+def example(mask: bool = True) -> Answer:
+    detection = Detection(True, 0.9, 0.5, 12, 1.5, (1, 2, 3, 4), (Component((1, 2, 3, 4), 12, 0.9),), 1,
+                          MaskImage("png", "base64", 8, 8, "AAAA") if mask else None)  # fmt: skip
+    return Answer.of(detection, converted_from_colour=("angle1",), lights=(Light("angle0", 0.0),),
+                     model=ModelInfo("defect_int8", "int8", "pytorch", "1.0"), timing_ms=Timing(1.0, 2.0, 3.0))  # fmt: skip
+
+
+def test_the_committed_schema_is_the_one_the_answer_classes_generate():
+    assert SCHEMA_FILE.read_text() == render(), "run `python -m training schema`"
+
+
+def test_typed_answers_validate_and_an_untyped_extra_field_does_not():
+    for mask in (True, False):
+        answer = to_json(example(mask))
+        jsonschema.validate(answer, SCHEMA)
+        assert ("mask" in answer) == mask
+    bad = {**to_json(example()), "colour": "red"}
+    try:
+        jsonschema.validate(bad, SCHEMA)
+    except jsonschema.ValidationError:
+        pass
+    else:
+        raise AssertionError("a field the answer does not define passed the schema")
+
+
+def _documented(path: str) -> bool:
+    top, _, sub = path.partition(".")
+    if top not in ANSWER:
+        return False
+    return not sub or sub in SCHEMA["$defs"][NESTED[top]]["properties"]
+
+
+def test_the_page_reads_only_documented_fields():
+    script = (ROOT / "web" / "app.js").read_text()
+    used = set(re.findall(r"\banswer\.([a-z_]+(?:\.[a-z_]+)?)", script))
+    used = {u if u.split(".")[0] in NESTED else u.split(".")[0] for u in used}  # answer.bbox.join: a method
+    assert {"defect", "bbox", "model.variant", "timing_ms.inference"} <= used  # the scan finds what it should
+    assert [u for u in used if not _documented(u)] == []
+
+
+def test_the_client_and_benches_read_only_documented_fields():
+    pattern = re.compile(r"answer(?:\.get\(|\[)\"([a-z_]+)\"(?:[^\[\n]*?\[\"([a-z_]+)\"\])?")
+    used = set()
+    for path in [*(ROOT / "client").glob("*.py"), *(ROOT / "bench").glob("*.py")]:
+        for top, sub in pattern.findall(path.read_text()):
+            used.add(f"{top}.{sub}" if sub and top in NESTED else top)
+    assert {"defect", "mask.data", "timing_ms"} <= used  # the scan finds what it should
+    assert [u for u in used if not _documented(u)] == []
+
+
+def test_the_page_offers_every_registered_variant():
+    page = (ROOT / "web" / "index.html").read_text()
+    offered = re.findall(r'name="variant" value="([a-z0-9]+)"', page)
+    assert sorted(offered) == sorted([*(v.key for v in VARIANTS), "both"])
+
+
+def test_error_reasons_are_the_request_parsers():
+    from handler.request import REASONS
+
+    assert SCHEMA["$defs"]["ErrorAnswer"]["properties"]["reason"]["enum"] == list(REASONS)
+    assert json.loads(SCHEMA_FILE.read_text())["oneOf"][1] == {"$ref": "#/$defs/ErrorAnswer"}

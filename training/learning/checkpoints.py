@@ -1,0 +1,107 @@
+"""What a run folder keeps so that the best model can be served and the run resumed.
+
+- `checkpoint.pt`: the best epoch by validation F1: ModelConfig (with `best_epoch` and its scores) and weights.
+- `last.pt`: the latest epoch's full state: weights, optimiser, gradient scaler and `RunState`, read by --resume.
+- `args.json`: the resolved arguments of the command that started the run, with each resumption noted after it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.inference.config import ModelConfig
+from training.inference.images import write_json
+from training.inference.model import save_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunState:
+    """Where the loop stands: what last.pt carries besides weights, optimiser and scaler."""
+
+    epochs_done: int = 0
+    step: int = 0  # optimiser steps taken, over all epochs (the learning-rate schedule follows it)
+    best_f1: float = -1.0
+    stale: int = 0  # epochs since best_f1 last improved (early stopping)
+    seconds: float = 0.0  # time used by the earlier sessions of a resumed run
+    rows: list[dict[str, Any]] = field(default_factory=list)  # metrics.csv so far
+
+    def score(self, f1: float) -> bool:
+        """Count an epoch's validation F1: True when it beats the best so far (ties do not)."""
+        if f1 > self.best_f1:
+            self.best_f1, self.stale = f1, 0
+            return True
+        self.stale += 1
+        return False
+
+
+def load_last(
+    out_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+) -> tuple[RunState, ModelConfig]:
+    """Restore weights, optimiser and scaler from out_dir/last.pt in place; return the state to continue from and
+    the ModelConfig the run started with."""
+    last = Path(out_dir) / "last.pt"
+    if not last.exists():
+        raise FileNotFoundError(f"--resume: {last} not found")
+    payload = torch.load(last, map_location=device, weights_only=True)
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scaler.load_state_dict(payload["scaler"])
+    state = RunState(
+        epochs_done=payload["epoch"] + 1,
+        step=payload["step"],
+        best_f1=payload["best_f1"],
+        stale=payload["stale"],
+        seconds=payload["seconds"],
+        rows=payload["rows"],
+    )
+    log.info("resuming %s after epoch %d (best validation F1 %.4f)", out_dir, payload["epoch"], state.best_f1)
+    return state, ModelConfig.from_dict(payload["model_config"])
+
+
+def save_last(
+    out_dir: Path,
+    config: ModelConfig,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    state: RunState,
+    seconds: float,
+) -> None:
+    """Write last.pt: everything --resume needs to continue after the epoch just finished."""
+    save_checkpoint(Path(out_dir) / "last.pt", config, model.state_dict(), optimizer=optimizer.state_dict(),
+                    scaler=scaler.state_dict(), step=state.step, epoch=state.epochs_done - 1, best_f1=state.best_f1,
+                    stale=state.stale, rows=state.rows, seconds=seconds)  # fmt: skip
+
+
+def save_best(out_dir: Path, config: ModelConfig, model: torch.nn.Module, epoch: int, scores: dict[str, float]) -> None:
+    """Write checkpoint.pt for `epoch` (counted from 1), its validation scores recorded in the ModelConfig."""
+    best_config = config.replace(training={**config.training, "best_epoch": epoch, "val": scores})
+    save_checkpoint(Path(out_dir) / "checkpoint.pt", best_config, model.state_dict(), epoch=epoch)
+
+
+def run_arguments(args: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """args.json's content: a new run's arguments, or a resumed run's first arguments with this resumption's
+    command, profile and device appended to "resumed"."""
+    if previous is None:
+        return args
+    resumption = {k: args[k] for k in ("command", "profile", "device")}
+    return {**previous, "resumed": [*previous.get("resumed", []), resumption]}
+
+
+def write_args(out_dir: Path, args: dict[str, Any], resume: bool) -> None:
+    """Write args.json; on --resume keep the command that started the run and note this resumption."""
+    path = Path(out_dir) / "args.json"
+    previous = json.loads(path.read_text()) if resume and path.exists() else None
+    write_json(path, run_arguments(args, previous))

@@ -1,0 +1,119 @@
+"""What the loop is fed: the train and val layers of a prepared folder, the ModelConfig they imply (input
+statistics, light azimuths, label density and the BCE weight of defect pixels), and the stream of augmented
+training crops with the random generators that draw them (`Feed`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+
+from training.inference.config import ModelConfig
+from training.inference.preprocess import channel_statistics
+from training.learning.augment import training_transform
+from training.learning.dataset import LayerRecord, TrainingCrops, load_split
+from training.learning.devices import Processes
+from training.learning.losses import pos_weight_from_density
+from training.learning.schedule import TrainConfig
+
+
+def dataset_azimuths(data_dir: Path) -> tuple[float, ...]:
+    """The light azimuths `prepare` recorded for this folder (channel k is lit from azimuth k)."""
+    report = Path(data_dir) / "prepare_report.json"
+    azimuths = json.loads(report.read_text()).get("azimuths_deg") if report.exists() else None
+    if not azimuths:
+        raise ValueError(f"{report} records no light azimuths: run `python -m training prepare` on this folder again")
+    return tuple(azimuths)
+
+
+def load_records(
+    data_dir: Path, labels: str, masks_dir: Path | None, max_val_layers: int | None
+) -> tuple[list[LayerRecord], list[LayerRecord]]:
+    """The train split and the first `max_val_layers` layers of the val split."""
+    train_records = load_split(data_dir, "train", labels, masks_dir)
+    val_records = load_split(data_dir, "val", labels, masks_dir)[:max_val_layers]
+    if not val_records:
+        raise ValueError(f"the val split of {data_dir} is empty: prepare more layers or change --split")
+    return train_records, val_records
+
+
+def initial_config(
+    data_dir: Path,
+    train_records: list[LayerRecord],
+    val_records: list[LayerRecord],
+    labels: str,
+    profile: TrainConfig,
+    seed: int,
+    pos_weight: float | None,
+    pretrained: bool,
+) -> tuple[ModelConfig, float, float]:
+    """The new model's config (input statistics of the training layers, light azimuths, training facts), the
+    label density of the training layers and the BCE weight of defect pixels (given, or from that density)."""
+    density = float(np.mean([r.label.mean() for r in train_records]))
+    weight = pos_weight if pos_weight is not None else pos_weight_from_density(density)
+    mean, std = channel_statistics([r.stack for r in train_records])
+    training = {"data": str(data_dir), "profile": profile.profile, "train_layers": len(train_records),
+                "val_layers": len(val_records), "label_density": round(density, 6), "pos_weight": round(weight, 3),
+                "seed": seed, "pretrained": pretrained}  # fmt: skip
+    config = ModelConfig(
+        mean=mean, std=std, azimuths_deg=dataset_azimuths(data_dir), label_source=labels, training=training
+    )
+    return config, density, weight
+
+
+def _reseed_worker(_worker_id: int) -> None:
+    """DataLoader workers get copies of the transform with the same random state: give each its own stream."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.transform.set_random_seed(int(torch.initial_seed() % 2**32))
+
+
+@dataclass
+class Feed:
+    """The training crops and the random streams that draw them."""
+
+    transform: A.Compose
+    generator: torch.Generator
+    sampler: Sampler
+    loader: DataLoader
+
+    @classmethod
+    def build(
+        cls,
+        records: list[LayerRecord],
+        config: ModelConfig,
+        profile: TrainConfig,
+        processes: Processes,
+        seed: int,
+        workers: int,
+    ) -> Feed:
+        transform = training_transform(profile.crop, config.azimuths_deg, profile.defect_crop_share)
+        transform.set_random_seed(seed + processes.rank)
+        crops = TrainingCrops(records, config, transform, profile.repeats)
+        generator = torch.Generator().manual_seed(seed)
+        sampler = (
+            DistributedSampler(crops, processes.world, processes.rank, seed=seed)
+            if processes.distributed
+            else RandomSampler(crops, generator=generator)
+        )
+        loader = DataLoader(
+            crops,
+            batch_size=profile.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            worker_init_fn=_reseed_worker if workers > 0 else None,
+            generator=generator,
+            drop_last=len(crops) >= profile.batch_size,
+        )
+        return cls(transform, generator, sampler, loader)
+
+    def reseed(self, epoch: int, seed: int, processes: Processes) -> None:
+        """Crops and their order depend on (seed, rank, epoch) only, so a resumed run continues the same sequence."""
+        self.transform.set_random_seed(seed + processes.rank + 1000 * epoch)
+        self.generator.manual_seed(seed + 1000 * epoch)
+        if processes.distributed:
+            self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]

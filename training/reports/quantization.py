@@ -1,0 +1,92 @@
+"""docs/quantization.md: the int8 variants' agreement with float32 and their accuracy against exact truth, with the
+calibration sweep when one was measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from training.inference.images import write_atomic
+from training.reports.provenance import produced_by
+
+if TYPE_CHECKING:  # typing only: rendering needs no torch
+    from training.learning.quantize import Quantization
+
+VARIANT_ROWS = (("static int8 (FX, calibrated)", "static_int8"), ("dynamic int8 (prototype)", "dynamic_int8"))
+
+
+def _cell(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _sweep_lines(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    best = max(rows, key=lambda r: (round(r["mask_iou"], 4), -r["images"]))
+    return [
+        "## Calibration sweep (validation split)",
+        "",
+        "| observer | calibration layers | seconds | mask IoU with fp32 | decision agreement | F1 drop vs truth |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {r['observer']} | {r['images']} | {r['calibration_seconds']} | {r['mask_iou']:.4f} | "
+            f"{r['decision_agreement']:.3f} | {r.get('f1_drop', float('nan')):.4f} |"
+            for r in rows
+        ],
+        "",
+        f"Highest agreement: `{best['observer']}` with {best['images']} layers (fewest layers among equals).",
+        "",
+    ]
+
+
+def render(result: Quantization) -> str:
+    """The Markdown of the report."""
+    rows = []
+    for name, key in VARIANT_ROWS:
+        a = getattr(result, key)
+        rows.append(
+            f"| {name} | {_cell(a['mask_iou'])} | {_cell(a['decision_agreement'])} | {_cell(a.get('f1_float'))} | "
+            f"{_cell(a.get('f1_int8'))} | {_cell(a.get('f1_drop'), 4)} | {_cell(a['max_probability_difference'])} |"
+        )
+    sizes = result.sizes_bytes
+    settings = result.settings
+    timings = result.engine_timings_ms
+    engine_note = (
+        "the fastest measured here: "
+        + ", ".join(f"{e} {t['eager_ms']:.1f} ms eager / {t['frozen_ms']:.1f} ms frozen" for e, t in timings.items())
+        + " per tile"
+        if timings
+        else "chosen by hand"
+    )
+    return "\n".join(
+        [
+            "# Quantization: int8 against float32",
+            "",
+            f"{produced_by('python -m training quantize')} Regenerate:",
+            "",
+            "```bash",
+            result.command,
+            "```",
+            "",
+            f"Checkpoint `{result.checkpoint}`; {result.layers} layers of the {result.split} split at the "
+            f"model's threshold {result.threshold:.3f}. Static int8: engine `{settings.engine}` ({engine_note}), "
+            f"observer `{settings.observer}`, {settings.calibration_images} calibration layers, kept in float: "
+            f"{', '.join(settings.float_modules) or 'nothing'}. Targets: mask IoU with float32 >= 0.97, F1 drop "
+            "<= 0.01.",
+            "",
+            "| variant | mask IoU with fp32 | decision agreement | F1 fp32 vs truth | F1 int8 vs truth | F1 drop | "
+            "max probability difference |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"State dicts: fp32 {sizes['fp32'] / 1e6:.2f} MB, int8 {sizes['int8'] / 1e6:.2f} MB "
+            f"({sizes['fp32'] / sizes['int8']:.2f}x smaller).",
+            "",
+            *_sweep_lines(result.calibration_sweep),
+        ]
+    )
+
+
+def write_report(result: Quantization, path: Path) -> None:
+    """Write the report to `path`."""
+    write_atomic(path, render(result).encode())
