@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
-from bench.serving import command_line
+
+def command_line(argv: list[str]) -> str:
+    """The command as a person would type it, recorded in the document it wrote."""
+    return shlex.join(["python", "-m", "bench", *argv])
 
 
 def ints(text: str) -> list[int]:

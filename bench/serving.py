@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import statistics
 import tempfile
 import zipfile
@@ -172,10 +171,6 @@ def write_report(result: dict[str, Any], report: Path) -> None:
     ax.legend()
     fig.tight_layout()
     save_png(fig, report.with_suffix(".png"))
-
-
-def command_line(argv: list[str]) -> str:
-    return shlex.join(["python", "-m", "bench", *argv])
 
 
 def summary(result: dict[str, Any]) -> str:
