@@ -65,10 +65,11 @@ def add_model(sub: argparse._SubParsersAction) -> None:
 
 
 def run_model(args: argparse.Namespace, argv: list[str]) -> str:
-    from bench.model import bench, save_json, write_report
+    from bench.model import Benchmark, bench, save_json
+    from training.reports.benchmarks import write_report
 
     if args.from_json:
-        write_report(json.loads(args.from_json.read_text()), args.report)
+        write_report(Benchmark.from_dict(json.loads(args.from_json.read_text())), args.report)
         return f"wrote {args.report} and {args.report.with_suffix('.png')} from {args.from_json}"
     if args.checkpoint is None:
         raise ValueError("bench needs --checkpoint (or --from-json to rewrite a report from an earlier run)")
@@ -100,12 +101,13 @@ def add_serving(sub: argparse._SubParsersAction) -> None:
 
 def run_serving(args: argparse.Namespace, argv: list[str]) -> str:
     from bench import serving
+    from training.reports import serving as report
 
     result = serving.run(args.model_store, ints(args.sizes), args.repeat, args.max_seconds, command=command_line(argv))
-    serving.write_report(result, args.report)
+    report.write_report(result, args.report)
     if args.json:
         serving.save(result, args.json)
-    return f"{serving.summary(result)}; wrote {args.report}" + (f" and {args.json}" if args.json else "")
+    return f"{report.summary(result)}; wrote {args.report}" + (f" and {args.json}" if args.json else "")
 
 
 def add_load(sub: argparse._SubParsersAction) -> None:
@@ -127,17 +129,18 @@ def run_load(args: argparse.Namespace, argv: list[str]) -> str:
 
     from bench import load
     from bench.model import cpu_description
-    from training.inference.images import write_atomic, write_json
+    from training.inference.images import write_json
     from training.inference.variants import model_names
+    from training.reports.reliability import write_report
 
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         store = load.store_from_checkpoint(args.checkpoint, Path(tmp))
         result = load.load_and_fault(store, model_names(), args.size, args.requests, args.concurrency)
-    write_atomic(args.report, load.reliability_report(result, command_line(argv), cpu_description()).encode())
+    write_report(result, command_line(argv), cpu_description(), args.report)
     if args.json:
-        write_json(args.json, result)
-    lost = result["fault"]["lost"]
-    errors = [r["errors"] for r in result["load"].values()]
+        write_json(args.json, result.to_dict())
+    lost = result.fault["lost"]
+    errors = [r["errors"] for r in result.load.values()]
     return f"errors {errors}, lost under a killed worker {lost}; wrote {args.report}" + (
         f" and {args.json}" if args.json else ""
     )
@@ -158,14 +161,15 @@ def add_matrix(sub: argparse._SubParsersAction) -> None:
 
 def run_matrix(args: argparse.Namespace, argv: list[str]) -> str:
     from bench import load
-    from training.inference.images import write_atomic, write_json
+    from training.inference.images import write_json
+    from training.reports.throughput import write_report
 
-    command = command_line(argv)
     rows = load.matrix(args.checkpoint, args.size, args.requests, ints(args.concurrency))
-    summary = load.summarize(rows)
-    write_atomic(args.report, load.matrix_report(rows, summary, command, args.size).encode())
+    result = load.Throughput(command_line(argv), rows, load.summarize(rows))
+    summary = result.summary
+    write_report(result, args.size, args.report)
     if args.json:
-        write_json(args.json, {"command": command, "rows": rows, "summary": summary})
+        write_json(args.json, result.to_dict())
     return (
         f"int8 / fp32 serving throughput {summary['throughput_ratio']:.1f}x; HTTP / model p50 "
         f"{summary['median_overhead']:.2f}; wrote {args.report}" + (f" and {args.json}" if args.json else "")

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +27,38 @@ import numpy as np
 from bench.serving import model_latency, synthetic_layer
 from client.client import DefectClient, ServiceError
 from handler.settings import ServingConfig
+from training.inference import serialize
 from training.inference.images import encode_png
 from training.inference.variants import variant as variant_by_key
-from training.reports.provenance import produced_by
 from training.serving.archive import build_archive, served_configs
 from training.serving.launcher import LISTENERS, Server, free_port, start
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """What `bench load` measured, written as its --json (these fields, in this order); training/reports/reliability.py
+    renders it."""
+
+    size: int  # layer side in pixels
+    load: dict[str, dict[str, Any]]  # model -> `drive` figures with memory_before, memory_after and growth
+    fault: dict[str, Any]  # the killed worker's run: model, requests, lost, recovery times, p99_ms, max_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return serialize.to_dict(self)
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """What `bench matrix` measured, written as its --json; training/reports/throughput.py renders it."""
+
+    command: str
+    rows: list[dict[str, Any]]  # one per variant, batch, workers, threads and concurrency, as `matrix` returns them
+    summary: dict[str, Any]  # `summarize(rows)`
+
+    def to_dict(self) -> dict[str, Any]:
+        return serialize.to_dict(self)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -106,11 +132,11 @@ def drive(server: Server, model: str, layers: list[list[bytes]], requests: int, 
 
 def load_and_fault(
     store: Path, models: tuple[str, ...], size: int, requests: int, concurrency: int, warmup: int | None = None
-) -> dict:
+) -> Reliability:
     """Load per model with memory before (after `warmup` requests, default a fifth of the load: the JVM grows its
     heap to a steady size over the first few hundred) and after; then a killed worker under the same load."""
     layers = [[encode_png(im) for im in synthetic_layer(size, index=i)] for i in range(4)]
-    result: dict[str, Any] = {"size": size, "load": {}, "fault": {}}
+    loads: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
         server = start(store, Path(tmp) / "home", models, ports={n: free_port() for n in LISTENERS}, foreground=True)
         try:
@@ -121,7 +147,7 @@ def load_and_fault(
                 run.pop("ends")
                 after = memory_mb(server)
                 growth = {k: (after[k] - before[k]) / before[k] for k in before if before[k]}
-                result["load"][model] = {**run, "memory_before": before, "memory_after": after, "growth": growth}
+                loads[model] = {**run, "memory_before": before, "memory_after": after, "growth": growth}
                 log.info("%s: %d requests, %d errors, p50 %.1f ms, %.1f/s, memory %s -> %s", model, requests,
                          run["errors"], run["p50_ms"], run["throughput_per_s"], before, after)  # fmt: skip
             model = models[-1]
@@ -148,16 +174,16 @@ def load_and_fault(
             watcher.join(timeout=180)
             first_after = min((t for t in run.pop("ends") if t > killed["at"]), default=float("nan"))
             ready = killed.get("ready")
-            result["fault"] = {
+            fault = {
                 "model": model, "requests": requests, "lost": run["errors"],
                 "first_answer_after_kill_s": round(first_after - killed["at"], 2),
                 "worker_ready_after_kill_s": round(ready - killed["at"], 2) if ready else None,
                 "p99_ms": run["p99_ms"], "max_ms": run["max_ms"],
             }  # fmt: skip
-            log.info("fault: %s", result["fault"])
+            log.info("fault: %s", fault)
         finally:
             server.stop()
-    return result
+    return Reliability(size, loads, fault)
 
 
 def matrix(checkpoint: Path, size: int, requests: int, concurrencies: list[int], cores: int = 2) -> list[dict]:
@@ -215,86 +241,3 @@ def store_from_checkpoint(checkpoint: Path, folder: Path, serving: ServingConfig
     for key, (weights, config) in served_configs(checkpoint).items():
         build_archive(weights, config, folder, variant_by_key(key).model_name, serving, "1.0")
     return folder
-
-
-def reliability_report(result: dict[str, Any], command: str, cpu: dict[str, Any]) -> str:
-    rows = ["| variant | requests | concurrency | errors | p50 ms | p95 ms | p99 ms | layers/s | frontend MB before → after | "
-            "workers MB before → after |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for model, r in result["load"].items():
-        b, a = r["memory_before"], r["memory_after"]
-        rows.append(
-            f"| {model} | {r['requests']} | {r['concurrency']} | {r['errors']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['throughput_per_s']:.2f} | {b['frontend_mb']:.0f} → {a['frontend_mb']:.0f} "
-            f"({r['growth'].get('frontend_mb', 0):+.1%}) | {b['workers_mb']:.0f} → {a['workers_mb']:.0f} "
-            f"({r['growth'].get('workers_mb', 0):+.1%}) |"
-        )
-    f = result["fault"]
-    return "\n".join([
-        "# Reliability: load and a killed worker, against a real TorchServe",
-        "",
-        f"{produced_by('python -m bench load')} Regenerate:",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        f"Machine: {cpu.get('model', 'unknown CPU')}, {cpu.get('cores')} cores. TorchServe with the repository's "
-        f"config.properties and the archives' default settings (one worker per variant, one torch thread), on "
-        f"loopback; synthetic {result['size']}x{result['size']} layers (three 8-bit PNGs) sent by the factory client "
-        "(`client.DefectClient`, retries on connection errors and 503/507), one HTTP session per thread. Memory is the "
-        "resident set of the Java frontend and of the Python workers, after a warm-up and after the load.",
-        "",
-        "## Load",
-        "",
-        *rows,
-        "",
-        "## A worker killed under load",
-        "",
-        f"While {f['requests']} requests ran against {f['model']}, its worker was killed with SIGKILL after a tenth of "
-        f"them were answered. Requests lost: **{f['lost']}**. The first answer after the kill came "
-        f"{f['first_answer_after_kill_s']:.1f} s later; TorchServe reported a new worker ready after "
-        f"{f['worker_ready_after_kill_s']} s. Latency of that run, as the callers waited (retries and backoff "
-        f"included): p99 {f['p99_ms']:.0f} ms, longest {f['max_ms']:.0f} ms (p99 shows the outage only when more "
-        "than 1 % of the requests were in flight at the kill).",
-        "",
-        "Stopping and starting the whole server under a running batch is tested by `tests/test_client.py` (no layer "
-        "lost, the client re-reads the new keys).",
-        "",
-    ])  # fmt: skip
-
-
-def matrix_report(rows: list[dict], summary: dict[str, Any], command: str, size: int) -> str:
-    concurrencies = sorted({r["concurrency"] for r in rows})
-    head = "| variant | batchSize | workers x threads | " + " | ".join(
-        f"c{c} p50 ms | c{c} layers/s" for c in concurrencies) + " | model alone ms | HTTP p50 c1 / model |"  # fmt: skip
-    table = [head, "|---|---|---|" + "---|---|" * len(concurrencies) + "---|---|"]
-    for key in dict.fromkeys((r["variant"], r["batch"], r["workers"], r["threads"]) for r in rows):
-        cells = {r["concurrency"]: r for r in rows if (r["variant"], r["batch"], r["workers"], r["threads"]) == key}
-        c1 = cells[concurrencies[0]]
-        table.append(
-            f"| {key[0]} | {key[1]} | {key[2]} x {key[3]} | "
-            + " | ".join(f"{cells[c]['p50_ms']:.1f} | {cells[c]['throughput_per_s']:.2f}" for c in concurrencies)
-            + f" | {c1['model_p50_ms']:.1f} | {c1['p50_ms'] / c1['model_p50_ms']:.2f} |"
-        )
-    best = summary["best"]
-    return "\n".join([
-        f"# Serving throughput over HTTP ({size}², a real TorchServe on loopback)",
-        "",
-        f"{produced_by('python -m bench matrix')} Regenerate:",
-        "",
-        "```bash",
-        command,
-        "```",
-        "",
-        "Each row is one TorchServe setting (archives rebuilt with that batchSize, workers and torch threads per "
-        "worker, so workers x threads = the 2 cores); each cell sends the same synthetic layers through the factory "
-        "client at that concurrency; 'model alone' is the same weights with the same threads in one process.",
-        "",
-        *table,
-        "",
-        f"- int8 serving throughput vs fp32, best setting of each: **{summary['throughput_ratio']:.1f}x** "
-        f"({best['int8']['throughput_per_s']:.2f} vs {best['fp32']['throughput_per_s']:.2f} layers/s)",
-        f"- HTTP p50 / model p50 at concurrency 1, batchSize 1: median **{summary['median_overhead']:.2f}** "
-        f"({', '.join(f'{k}: {v:.2f}' for k, v in summary['overhead'].items())})",
-        "",
-    ])  # fmt: skip

@@ -16,6 +16,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,17 +24,38 @@ from typing import Any
 import numpy as np
 import torch
 
+from training.inference import serialize
 from training.inference.config import ModelConfig
-from training.inference.images import write_atomic, write_json
+from training.inference.images import write_json
 from training.inference.model import load_checkpoint, state_digest
 from training.inference.quantization import QuantizationConfig, freeze, load_int8, quantize_dynamic, quantize_static
 from training.inference.tiling import predict_tiled
 from training.learning.dataset import load_split
 from training.learning.quantize import calibration_inputs
-from training.reports.figures import pyplot, save_png
-from training.reports.provenance import produced_by
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What `bench model` measured, written as its --json (these fields, in this order); training/reports/benchmarks.py
+    renders it."""
+
+    command: str
+    checkpoint: str
+    cpu: dict[str, Any]  # `cpu_description()`
+    rows: list[dict[str, Any]]  # variant, size, batch, threads and `measure`'s median_ms, p90_ms, runs
+    sizes_bytes: dict[str, int]  # model file -> bytes
+    tiled_layer: dict[str, Any]  # size, tile, threads, and ms per variant of one full layer
+    gmac_512: float  # convolution GMAC of one 512 x 512 frame
+
+    def to_dict(self) -> dict[str, Any]:
+        return serialize.to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Benchmark:
+        """Rebuild from the --json of an earlier run, e.g. to render its report again."""
+        return serialize.from_dict(cls, data, what="bench JSON key")
 
 
 def conv_macs(model: torch.nn.Module, size: int) -> int:
@@ -159,7 +181,7 @@ def bench(
     layer_size: int = 2048,
     calibration: int = 8,
     command: str = "",
-) -> dict[str, Any]:
+) -> Benchmark:
     config, model, _ = load_checkpoint(checkpoint)
     records = load_split(Path(config.training.get("data", "")), "train", "heuristic")
     int8, calib = _int8_model(checkpoint, model, records, config, calibration)
@@ -223,141 +245,9 @@ def bench(
         predict_tiled(net, layer, config)
         tiled[name] = (time.perf_counter() - t0) * 1e3
     macs = conv_macs(model, 512)
-    return {"command": command, "checkpoint": str(checkpoint), "cpu": cpu_description(), "rows": rows, "sizes_bytes": sizes_bytes,
-            "tiled_layer": {"size": layer_size, "tile": config.tile_size, "threads": max(threads), "ms": tiled}, "gmac_512": macs / 1e9}  # fmt: skip
+    tiled_layer = {"size": layer_size, "tile": config.tile_size, "threads": max(threads), "ms": tiled}
+    return Benchmark(command, str(checkpoint), cpu_description(), rows, sizes_bytes, tiled_layer, macs / 1e9)
 
 
-# The rows that run what each registered variant serves (training/inference/loaders.py): the int8 speed-up is the
-# served fp32 row over the served int8 row.
-SERVED_ROWS = {"fp32": "fp32 channels_last", "int8": "static int8 FX frozen"}
-
-
-def _lookup(rows: list[dict], variant: str, size: int, batch: int, threads: int) -> dict | None:
-    return next(
-        (r for r in rows if (r["variant"], r["size"], r["batch"], r["threads"]) == (variant, size, batch, threads)),
-        None,
-    )
-
-
-def _ceiling(result: dict[str, Any], eager: dict, ort8: dict) -> list[str]:
-    """How fast int8 could be against each reference if it ran at the CPU's estimated int8 peak. The peak is derived
-    from the reported clock and assumed port counts, not measured, so the bound is an estimate, stated as one."""
-    peak = result["cpu"].get("vnni_peak_gmacs")
-    if not peak:
-        return []
-    gmac = result["gmac_512"]
-    at_peak_ms = gmac / peak * 1e3
-    fp32_peak = result["cpu"].get("fp32_peak_gmacs")
-    eager_eff = (
-        f" (fp32 eager runs at {gmac / (eager['median_ms'] / 1e3) / fp32_peak:.0%} of the fp32 FMA peak of {fp32_peak:.0f} GMAC/s)"
-        if fp32_peak
-        else ""
-    )
-    return [
-        f"- estimated ceiling: at the estimated int8 peak (clock x assumed ports, not measured) one frame would take "
-        f"{at_peak_ms:.1f} ms, so an int8 kernel could be at most about {eager['median_ms'] / at_peak_ms:.1f}x faster "
-        f"than fp32 eager{eager_eff} and about {ort8['median_ms'] / at_peak_ms:.1f}x faster than ONNX Runtime int8 "
-        f"(which runs at {gmac / (ort8['median_ms'] / 1e3) / peak:.0%} of that estimate); a turbo clock raises the estimate"
-    ]
-
-
-def write_report(result: dict[str, Any], report: Path) -> None:
-    rows = result["rows"]
-    shapes = sorted({(r["size"], r["batch"], r["threads"]) for r in rows})
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    head = "| variant | " + " | ".join(f"{s}² b{b} t{t}" for s, b, t in shapes) + " |"
-    table = [head, "|---|" + "---|" * len(shapes)]
-    for v in variants:
-        cells = []
-        for s, b, t in shapes:
-            r = _lookup(rows, v, s, b, t)
-            cells.append("-" if r is None else f"{r['median_ms']:.1f} ({r['p90_ms']:.1f})")
-        table.append(f"| {v} | " + " | ".join(cells) + " |")
-    size, batch, threads = 512, 1, max(r["threads"] for r in rows)
-    ref = {v: _lookup(rows, v, size, batch, threads) for v in variants}
-    ratios = []
-    eager, int8f, ort8 = ref.get("fp32 eager"), ref.get("static int8 FX frozen"), ref.get("ONNX Runtime int8 (QDQ)")
-    if eager and int8f and ort8:
-        best_float = min(
-            (ref[v] for v in ("fp32 channels_last", "fp32 TorchScript frozen") if ref.get(v)),
-            key=lambda r: r["median_ms"],
-        )
-        gmacs = result["gmac_512"] / (int8f["median_ms"] / 1e3)
-        served = ref.get(SERVED_ROWS["fp32"])
-        ratios = [
-            *(
-                [
-                    f"- **int8 speed-up** (the served int8 form, {SERVED_ROWS['int8']}, over the served fp32 form, "
-                    f"{SERVED_ROWS['fp32']}; the definition in docs/design.md): **{served['median_ms'] / int8f['median_ms']:.1f}x**"
-                ]
-                if served
-                else []
-            ),
-            f"- static int8 (frozen) vs fp32 eager (the prototype's float form): {eager['median_ms'] / int8f['median_ms']:.1f}x",
-            f"- static int8 (frozen) vs the best float ({best_float['variant']}): {best_float['median_ms'] / int8f['median_ms']:.1f}x",
-            f"- static int8 (frozen) vs ONNX Runtime int8: {ort8['median_ms'] / int8f['median_ms']:.1f}x",
-            f"- int8 throughput: {result['gmac_512']:.1f} GMAC per frame / {int8f['median_ms']:.1f} ms = **{gmacs:.0f} GMAC/s**"
-            + (
-                f", {gmacs / result['cpu']['vnni_peak_gmacs']:.0%} of an estimated AVX-512 VNNI peak of "
-                f"{result['cpu']['vnni_peak_gmacs']:.0f} GMAC/s (two 512-bit VPDPBUSD, 64 int8 multiply-accumulates "
-                f"each, per cycle per core, at the {result['cpu']['mhz']:.0f} MHz the CPU reports, on "
-                f"{result['cpu']['cores']} cores; a turbo clock would raise it)"
-                if result["cpu"].get("vnni_peak_gmacs")
-                else ""
-            ),
-            *_ceiling(result, eager, ort8),
-        ]
-    sizes = result["sizes_bytes"]
-    size_lines = [f"| {k} | {v / 1e6:.2f} MB |" for k, v in sizes.items()]
-    cpu = result["cpu"]
-    tiled = result["tiled_layer"]
-    text = "\n".join(
-        [
-            "# Benchmarks: float32 and int8 inference on the CPU",
-            "",
-            f"{produced_by('python -m bench model')} Regenerate:",
-            "",
-            "```bash",
-            result["command"],
-            "```",
-            "",
-            f"Machine: {cpu.get('model', 'unknown CPU')}, {cpu.get('cores')} cores visible, AVX-512 VNNI {cpu.get('avx512_vnni')}, "
-            f"AMX int8 {cpu.get('amx_int8')}; torch {cpu.get('torch')}, ONNX Runtime {cpu.get('onnxruntime')}. All rows come from "
-            "one run on the same inputs; the machine is shared, so quote ratios, not absolute times.",
-            "",
-            f"## At 512², batch 1, {threads} threads",
-            "",
-            *ratios,
-            "",
-            "## Median latency in ms (p90 in brackets), per input size, batch and threads",
-            "",
-            *table,
-            "",
-            "## Model files",
-            "",
-            "| file | size |",
-            "|---|---|",
-            *size_lines,
-            "",
-            f"fp32 / int8 state dict: {sizes['fp32 state dict'] / sizes['int8 state dict']:.2f}x smaller.",
-            "",
-            f"## One {tiled['size']}x{tiled['size']} layer, tiled ({tiled['tile']}-pixel tiles, {tiled['threads']} threads)",
-            "",
-            *[f"- {name}: {ms:.0f} ms" for name, ms in tiled["ms"].items()],
-            "",
-            f"![latency]({report.with_suffix('').name}.png)",
-            "",
-        ]
-    )
-    write_atomic(report, text.encode())
-    fig, ax = pyplot().subplots(figsize=(7, 3.8))
-    names = [v for v in variants if ref.get(v)]
-    ax.barh(names, [ref[v]["median_ms"] for v in names])
-    ax.set_xlabel(f"median latency at 512², batch 1, {threads} threads (ms)")
-    ax.invert_yaxis()
-    fig.tight_layout()
-    save_png(fig, report.with_suffix(".png"))
-
-
-def save_json(result: dict[str, Any], path: Path) -> None:
-    write_json(path, result)
+def save_json(result: Benchmark, path: Path) -> None:
+    write_json(path, result.to_dict())

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +23,29 @@ import torch
 from bench.model import cpu_description, measure
 from client.client import DefectClient
 from handler.settings import ServingConfig
-from training.inference.images import encode_png, write_atomic, write_json
+from training.inference import serialize
+from training.inference.images import encode_png, write_json
 from training.inference.loaders import load_variant
 from training.inference.tiling import predict_tiled
-from training.inference.variants import model_names, variant
+from training.inference.variants import model_names
 from training.renderer.synth import SynthConfig, generate_layer
-from training.reports.figures import pyplot, save_png
-from training.reports.provenance import produced_by
 from training.serving.launcher import LISTENERS, free_port, start
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServingBench:
+    """What `bench serving` measured, written as its --json (these fields, in this order); training/reports/serving.py
+    renders it."""
+
+    command: str
+    cpu: dict[str, Any]  # `bench.model.cpu_description()`
+    repeat: int  # timed requests per row
+    rows: list[dict[str, Any]]  # model, size, http (`measure` + worker_ms), model_only (`measure`), torch_threads
+
+    def to_dict(self) -> dict[str, Any]:
+        return serialize.to_dict(self)
 
 
 def synthetic_layer(size: int, seed: int = 0, index: int = 6) -> list[np.ndarray]:
@@ -81,7 +94,7 @@ def run(
     max_seconds: float = 60.0,
     models: tuple[str, ...] | None = None,
     command: str = "",
-) -> dict[str, Any]:
+) -> ServingBench:
     models = models or model_names()
     layers = {size: synthetic_layer(size) for size in sizes}
     blobs = {size: [encode_png(im) for im in images] for size, images in layers.items()}
@@ -104,79 +117,8 @@ def run(
                 row["model_only"] = model_latency(weights, serving, stack, repeat, max_seconds)
                 row["torch_threads"] = serving.torch_threads
                 log.info("%s %d px: model only %.1f ms", model, row["size"], row["model_only"]["median_ms"])
-    return {"command": command, "cpu": cpu_description(), "repeat": repeat, "rows": rows}
+    return ServingBench(command, cpu_description(), repeat, rows)
 
 
-def write_report(result: dict[str, Any], report: Path) -> None:
-    rows = result["rows"]
-    table = [
-        "| variant | layer | HTTP median (p90) ms | model only median (p90) ms | HTTP / model | worker: decode / inference / postprocess ms |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        http, alone, worker = r["http"], r["model_only"], r["http"]["worker_ms"]
-        table.append(
-            f"| {r['model']} | {r['size']}² | {http['median_ms']:.1f} ({http['p90_ms']:.1f}) | "
-            f"{alone['median_ms']:.1f} ({alone['p90_ms']:.1f}) | {http['median_ms'] / alone['median_ms']:.2f} | "
-            f"{worker['decode']:.1f} / {worker['inference']:.1f} / {worker['postprocess']:.1f} |"
-        )
-    speedups = []
-    for size in sorted({r["size"] for r in rows}):
-        pair = {r["model"]: r for r in rows if r["size"] == size}
-        fp32, int8 = variant("fp32").model_name, variant("int8").model_name
-        if {fp32, int8} <= set(pair):
-            ratio = pair[fp32]["http"]["median_ms"] / pair[int8]["http"]["median_ms"]
-            speedups.append(f"- {size}²: int8 answers {ratio:.1f}x faster than fp32 over HTTP")
-    cpu = result["cpu"]
-    threads = sorted({r["torch_threads"] for r in rows})
-    text = "\n".join(
-        [
-            "# Serving latency: one request at a time over HTTP, beside the model alone",
-            "",
-            f"{produced_by('python -m bench serving')} Regenerate:",
-            "",
-            "```bash",
-            result["command"],
-            "```",
-            "",
-            f"Machine: {cpu.get('model', 'unknown CPU')}, {cpu.get('cores')} cores visible; torch {cpu.get('torch')}. "
-            f"A real TorchServe on loopback with the archives of the model store, one worker per variant with "
-            f"{', '.join(map(str, threads))} torch thread(s), as `config.properties` and the archives set it; one synthetic "
-            f"layer (three 8-bit PNGs) per size, {result['repeat']} requests per row after two warm-up requests. "
-            "'model only' is the same archive's model, loaded as the worker loads it and with the same threads, "
-            "running the same layer through the same tiled inference in one process after the server stopped. "
-            "The machine is shared, so quote ratios.",
-            "",
-            *table,
-            "",
-            *speedups,
-            "",
-            "HTTP / model is the serving overhead: PNG decoding, the answer (components, mask PNG, JSON) and the "
-            "transport. The worker's own split of the last request is in the last column.",
-            "",
-            f"![latency]({report.with_suffix('').name}.png)",
-            "",
-        ]
-    )
-    write_atomic(report, text.encode())
-    fig, ax = pyplot().subplots(figsize=(7, 3.5))
-    labels = [f"{r['model']} {r['size']}²" for r in rows]
-    y = np.arange(len(rows))
-    ax.barh(y - 0.2, [r["http"]["median_ms"] for r in rows], 0.4, label="HTTP")
-    ax.barh(y + 0.2, [r["model_only"]["median_ms"] for r in rows], 0.4, label="model only")
-    ax.set_yticks(y, labels)
-    ax.set_xscale("log")
-    ax.set_xlabel("median latency (ms, log scale)")
-    ax.invert_yaxis()
-    ax.legend()
-    fig.tight_layout()
-    save_png(fig, report.with_suffix(".png"))
-
-
-def summary(result: dict[str, Any]) -> str:
-    ratios = [r["http"]["median_ms"] / r["model_only"]["median_ms"] for r in result["rows"]]
-    return f"HTTP / model-only median over {len(ratios)} rows: {statistics.median(ratios):.2f}"
-
-
-def save(result: dict[str, Any], path: Path) -> None:
-    write_json(path, result)
+def save(result: ServingBench, path: Path) -> None:
+    write_json(path, result.to_dict())

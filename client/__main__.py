@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from client.ab import ABClient, WeightedSplit, decode_mask, example_split
-from client.client import DEFAULT_KEY_FILE, DEFAULT_URL, KEY_ENV, DefectClient, ServiceError
+from client.client import DEFAULT_KEY_FILE, DEFAULT_TIMEOUT_S, DEFAULT_URL, KEY_ENV, DefectClient, ServiceError
 from training.inference.variants import default_model, model_names
 
 
@@ -36,7 +36,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_KEY_FILE,
         help=f"TorchServe's key_file.json (default: {DEFAULT_KEY_FILE})",
     )
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: 120)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help=f"seconds per request (default: {DEFAULT_TIMEOUT_S:g})")  # fmt: skip
     p.add_argument("--retries", type=int, default=5, help="retries on connection errors and 503/507 (default: 5)")
     p.add_argument("--threshold", type=float, help="decision threshold for these requests (default: the model's)")
 
@@ -155,7 +156,10 @@ def run_batch_command(args: argparse.Namespace, argv: list[str]) -> str:
 
 
 def run_ab_report_command(args: argparse.Namespace, argv: list[str]) -> str:
-    from client.ab_report import command_line, load_labeled, run_ab_report, save, summary_table, write_report
+    import dataclasses
+
+    from client.ab_report import command_line, load_labeled, run_ab_report, save
+    from training.reports.ab import summary_table, write_report
 
     layers = load_labeled(args.data, None if args.split == "all" else args.split)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -173,7 +177,8 @@ def run_ab_report_command(args: argparse.Namespace, argv: list[str]) -> str:
     try:
         result = run_ab_report(make_client(args), layers, models, args.requests, command_line(argv))
         if server is not None:
-            result["service"] = f"a TorchServe of {args.model_store} started on loopback for this report"
+            service = f"a TorchServe of {args.model_store} started on loopback for this report"
+            result = dataclasses.replace(result, service=service)
     finally:
         if server is not None:
             server.stop()

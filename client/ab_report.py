@@ -18,11 +18,10 @@ import numpy as np
 
 from client.ab import decode_mask, mask_iou
 from client.client import DefectClient
-from training.inference.images import encode_png, read_png_array, write_atomic, write_json
+from training.inference import serialize
+from training.inference.images import encode_png, read_png_array, write_json
 from training.learning.metrics import Counts, confusion
 from training.preparation.triplets import group_files
-from training.reports.figures import pyplot, save_png
-from training.reports.provenance import produced_by
 
 
 @dataclass(frozen=True)
@@ -58,13 +57,27 @@ def load_labeled(data: Path, split: str | None = "test") -> list[LabeledLayer]:
     return layers
 
 
+@dataclass(frozen=True)
+class ABReport:
+    """What `ab-report` measured, written as its --json (these fields, in this order); training/reports/ab.py renders
+    it."""
+
+    command: str
+    service: str  # the service that answered, in words
+    models: dict[str, dict[str, Any]]  # variant -> requests, p50/p95/p99_ms, throughput_per_s, f1_vs_truth, ...
+    agreement: dict[str, Any]  # of the first two variants: pair, layers, mask IoU pooled / mean / min, decisions
+
+    def to_dict(self) -> dict[str, Any]:
+        return serialize.to_dict(self)
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
 def run_ab_report(
     client: DefectClient, layers: list[LabeledLayer], models: list[str], requests: int, command: str = ""
-) -> dict[str, Any]:
+) -> ABReport:
     if len(models) < 2:
         raise ValueError(f"an A/B report needs two variants, got {models}")
     if requests < 1:
@@ -109,76 +122,11 @@ def run_ab_report(
         "mask_iou_min": float(np.min(ious)),
         "decision_agreement": float(np.mean([decisions[a][i] == decisions[b][i] for i in shared])),
     }
-    return {"command": command, "service": f"the service at {client.url}", "models": per_model, "agreement": agreement}
+    return ABReport(command, f"the service at {client.url}", per_model, agreement)
 
 
-def write_report(result: dict[str, Any], report: Path) -> None:
-    rows = [
-        "| variant | requests | p50 ms | p95 ms | p99 ms | layers/s | F1 vs truth |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for model, r in result["models"].items():
-        f1 = "-" if r["f1_vs_truth"] is None else f"{r['f1_vs_truth']:.3f}"
-        rows.append(
-            f"| {model} | {r['requests']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{r['throughput_per_s']:.2f} | {f1} |"
-        )
-    ag = result["agreement"]
-    a, b = ag["pair"]
-    speed = result["models"][a]["p50_ms"] / result["models"][b]["p50_ms"]
-    text = "\n".join(
-        [
-            "# A/B report: the served variants side by side",
-            "",
-            f"{produced_by('python -m client ab-report')} Regenerate:",
-            "",
-            "```bash",
-            result["command"],
-            "```",
-            "",
-            f"Each variant answered the same layers through {result['service']}, one request at a time "
-            "(latency as the caller waited: HTTP, retries and backoff included). F1 is pixel F1 against truth over the distinct layers. "
-            "The machine is shared, so quote ratios.",
-            "",
-            *rows,
-            "",
-            f"Agreement of {b} with {a} over {ag['layers']} layers: mask IoU {ag['mask_iou_pooled']:.4f} over all "
-            f"pixels (as docs/quantization.md counts it), {ag['mask_iou_mean']:.4f} as the mean of per-layer IoUs "
-            f"(lowest {ag['mask_iou_min']:.4f}: small defects weigh more there); same defect decision on "
-            f"{ag['decision_agreement']:.1%} of layers; "
-            f"median latency {a} / {b} = {speed:.2f}.",
-            "",
-            f"![latency]({report.with_suffix('').name}.png)",
-            "",
-        ]
-    )
-    write_atomic(report, text.encode())
-    fig, ax = pyplot().subplots(figsize=(6, 3))
-    names = list(result["models"])
-    ax.boxplot([result["models"][m]["latencies_ms"] for m in names], orientation="horizontal", tick_labels=names)
-    ax.set_xlabel("latency per layer as the caller waited, retries included (ms)")
-    fig.tight_layout()
-    save_png(fig, report.with_suffix(".png"))
-
-
-def summary_table(result: dict[str, Any]) -> str:
-    lines = [f"{'variant':<14}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'layers/s':>10}{'F1':>8}"]
-    for model, r in result["models"].items():
-        f1 = "-" if r["f1_vs_truth"] is None else f"{r['f1_vs_truth']:.3f}"
-        lines.append(
-            f"{model:<14}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['throughput_per_s']:>10.2f}{f1:>8}"
-        )
-    ag = result["agreement"]
-    lines.append(
-        f"agreement over {ag['layers']} layers: mask IoU {ag['mask_iou_pooled']:.4f} pooled, {ag['mask_iou_mean']:.4f} "
-        f"per-layer mean (min {ag['mask_iou_min']:.4f}), "
-        f"decisions {ag['decision_agreement']:.1%}"
-    )
-    return "\n".join(lines)
-
-
-def save(result: dict[str, Any], path: Path) -> None:
-    write_json(path, result)
+def save(result: ABReport, path: Path) -> None:
+    write_json(path, result.to_dict())
 
 
 def command_line(argv: list[str]) -> str:

@@ -26,6 +26,7 @@ from training.inference.variants import default_model
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_KEY_FILE = Path("runs/serve/key_file.json")
 KEY_ENV = "DEFECT_INFERENCE_KEY"
+DEFAULT_TIMEOUT_S = 120.0  # per request: at least the server's per-model responseTimeout (a test compares them)
 RETRY_STATUS = frozenset({503, 507})
 
 ImageInput = bytes | str | Path
@@ -106,7 +107,7 @@ class DefectClient:
         model: str | None = None,
         key: str | None = None,
         key_file: str | Path | None = None,
-        timeout: float = 120.0,
+        timeout: float = DEFAULT_TIMEOUT_S,
         retries: int = 5,
         backoff_s: float = 0.5,
         max_backoff_s: float = 10.0,

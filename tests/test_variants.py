@@ -63,3 +63,9 @@ def test_a_model_file_carrying_code_is_refused_not_run(tiny_variants, tmp_path):
     torch.save({**payload, "extra": _Payload()}, tmp_path / "model_fp32.pt")
     with pytest.raises(pickle.UnpicklingError):
         load_variant(tmp_path / "model_fp32.pt")
+
+
+def test_the_model_bench_names_a_served_row_for_every_variant():
+    from training.reports.benchmarks import SERVED_ROWS
+
+    assert set(SERVED_ROWS) == {v.key for v in VARIANTS}

@@ -1,0 +1,115 @@
+"""Each report of training/reports rendered from a tiny hand-made result: its key lines and where it came from."""
+
+import json
+
+import pytest
+
+from bench.load import Reliability, Throughput, summarize
+from bench.model import Benchmark
+from bench.serving import ServingBench
+from client.ab_report import ABReport
+from training.reports import ab, benchmarks, reliability, serving, throughput
+from training.reports.provenance import source_commit
+
+CPU = {"model": "Test CPU", "cores": 2, "torch": "2.x", "onnxruntime": "1.x", "avx512_vnni": True, "amx_int8": False,
+       "mhz": 2000.0, "vnni_peak_gmacs": 512.0}  # fmt: skip
+
+
+def bench_result() -> Benchmark:
+    times = {"fp32 eager": 120.0, "fp32 channels_last": 80.0, "static int8 FX frozen": 20.0,
+             "ONNX Runtime int8 (QDQ)": 30.0}  # fmt: skip
+    rows = [{"variant": v, "size": 512, "batch": 1, "threads": 2, "median_ms": ms, "p90_ms": ms + 1, "runs": 3}
+            for v, ms in times.items()]  # fmt: skip
+    sizes = {"fp32 state dict": 8_000_000, "int8 state dict": 2_000_000}
+    tiled = {"size": 1024, "tile": 512, "threads": 2, "ms": {"fp32 eager": 900.0}}
+    return Benchmark("python -m bench model --checkpoint c.pt", "c.pt", CPU, rows, sizes, tiled, 13.4)
+
+
+def test_the_benchmarks_report_states_the_served_int8_speed_up_and_its_provenance(tmp_path):
+    report = tmp_path / "bench.md"
+    benchmarks.write_report(bench_result(), report)
+    lines = report.read_text().splitlines()
+    assert f"Produced by `python -m bench model` at {source_commit()}. Regenerate:" in lines
+    speed_up = [line for line in lines if line.startswith("- **int8 speed-up**")]
+    assert speed_up and speed_up[0].endswith("**4.0x**")  # fp32 channels_last 80 ms / static int8 FX frozen 20 ms
+    assert "- static int8 (frozen) vs ONNX Runtime int8: 1.5x" in lines
+    assert "| fp32 eager | 120.0 (121.0) |" in lines and "fp32 / int8 state dict: 4.00x smaller." in lines
+    assert lines[-1] == "![latency](bench.png)" and (tmp_path / "bench.png").stat().st_size > 1000
+
+
+def test_a_benchmark_reads_back_from_the_json_it_writes():
+    result = bench_result()
+    again = Benchmark.from_dict(json.loads(json.dumps(result.to_dict())))
+    assert again == result and list(result.to_dict()) == ["command", "checkpoint", "cpu", "rows", "sizes_bytes",
+                                                          "tiled_layer", "gmac_512"]  # fmt: skip
+
+
+def serving_row(model: str, size: int, http: float, alone: float) -> dict:
+    worker = {"decode": 1.0, "inference": alone, "postprocess": 2.0}
+    return {"model": model, "size": size, "http": {"median_ms": http, "p90_ms": http, "runs": 3, "worker_ms": worker},
+            "model_only": {"median_ms": alone, "p90_ms": alone, "runs": 3}, "torch_threads": 1}  # fmt: skip
+
+
+def test_the_serving_report_compares_int8_with_fp32_over_http(tmp_path):
+    result = ServingBench("python -m bench serving X", CPU, 3,
+                          [serving_row("defect_fp32", 512, 200.0, 160.0), serving_row("defect_int8", 512, 50.0, 40.0)])  # fmt: skip
+    report = tmp_path / "serving.md"
+    serving.write_report(result, report)
+    lines = report.read_text().splitlines()
+    assert f"Produced by `python -m bench serving` at {source_commit()}. Regenerate:" in lines
+    assert "- 512²: int8 answers 4.0x faster than fp32 over HTTP" in lines
+    assert "| defect_fp32 | 512² | 200.0 (200.0) | 160.0 (160.0) | 1.25 | 1.0 / 160.0 / 2.0 |" in lines
+    assert (tmp_path / "serving.png").exists()
+    assert serving.summary(result) == "HTTP / model-only median over 2 rows: 1.25"
+
+
+def test_the_reliability_report_states_what_the_killed_worker_lost():
+    run = {"requests": 10, "concurrency": 2, "errors": 0, "p50_ms": 10.0, "p95_ms": 12.0, "p99_ms": 13.0,
+           "throughput_per_s": 5.0, "memory_before": {"frontend_mb": 100.0, "workers_mb": 200.0},
+           "memory_after": {"frontend_mb": 110.0, "workers_mb": 200.0}, "growth": {"frontend_mb": 0.1, "workers_mb": 0.0}}  # fmt: skip
+    fault = {"model": "defect_int8", "requests": 10, "lost": 0, "first_answer_after_kill_s": 2.0,
+             "worker_ready_after_kill_s": None, "p99_ms": 2100.0, "max_ms": 2200.0}  # fmt: skip
+    text = reliability.render(Reliability(128, {"defect_int8": run}, fault), "python -m bench load X", CPU)
+    lines = text.splitlines()
+    assert f"Produced by `python -m bench load` at {source_commit()}. Regenerate:" in lines
+    assert "| defect_int8 | 10 | 2 | 0 | 10.0 | 12.0 | 13.0 | 5.00 | 100 → 110 (+10.0%) | 200 → 200 (+0.0%) |" in lines
+    assert "Requests lost: **0**." in text and "no new worker ready before the run ended" in text
+
+
+def test_the_throughput_report_states_the_int8_ratio():
+    rows = [
+        {"variant": v, "batch": 1, "workers": 1, "threads": 2, "concurrency": c, "p50_ms": p, "throughput_per_s": 1000 / p,
+         "model_p50_ms": p / 1.2}
+        for v, p in (("fp32", 100.0), ("int8", 25.0)) for c in (1, 8)
+    ]  # fmt: skip
+    lines = throughput.render(Throughput("python -m bench matrix X", rows, summarize(rows)), 256).splitlines()
+    assert lines[0] == "# Serving throughput over HTTP (256², a real TorchServe on loopback)"
+    assert f"Produced by `python -m bench matrix` at {source_commit()}. Regenerate:" in lines
+    assert "- int8 serving throughput vs fp32, best setting of each: **4.0x** (40.00 vs 10.00 layers/s)" in lines
+
+
+@pytest.fixture
+def ab_result() -> ABReport:
+    def model(p50: float, f1: float | None) -> dict:
+        return {"requests": 2, "p50_ms": p50, "p95_ms": p50, "p99_ms": p50, "throughput_per_s": 1000 / p50,
+                "f1_vs_truth": f1, "layers_scored": 2, "latencies_ms": [p50, p50 + 1]}  # fmt: skip
+
+    agreement = {"pair": ["defect_fp32", "defect_int8"], "layers": 2, "mask_iou_pooled": 0.99, "mask_iou_mean": 0.95,
+                 "mask_iou_min": 0.9, "decision_agreement": 1.0}  # fmt: skip
+    return ABReport("python -m client ab-report X", "the service at http://test",
+                    {"defect_fp32": model(180.0, 0.97), "defect_int8": model(60.0, None)}, agreement)  # fmt: skip
+
+
+def test_the_ab_report_states_the_agreement_and_the_latency_ratio(ab_result, tmp_path):
+    report = tmp_path / "ab.md"
+    ab.write_report(ab_result, report)
+    lines = report.read_text().splitlines()
+    assert f"Produced by `python -m client ab-report` at {source_commit()}. Regenerate:" in lines
+    assert "| defect_fp32 | 2 | 180.0 | 180.0 | 180.0 | 5.56 | 0.970 |" in lines
+    assert "| defect_int8 | 2 | 60.0 | 60.0 | 60.0 | 16.67 | - |" in lines
+    assert any("same defect decision on 100.0% of layers; median latency defect_fp32 / defect_int8 = 3.00." in line
+               for line in lines)  # fmt: skip
+    assert (tmp_path / "ab.png").exists()
+    table = ab.summary_table(ab_result).splitlines()
+    assert table[2].split() == ["defect_int8", "60.0", "60.0", "60.0", "16.67", "-"]
+    assert table[-1].startswith("agreement over 2 layers: mask IoU 0.9900 pooled")
