@@ -5,25 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import sys
 from pathlib import Path
 
+from training.cli.common import command_line as training_command_line
+from training.cli.common import ints
+
 
 def command_line(argv: list[str]) -> str:
-    """The command as a person would type it, recorded in the document it wrote."""
-    return shlex.join(["python", "-m", "bench", *argv])
-
-
-def ints(text: str) -> list[int]:
-    """Comma-separated positive whole numbers, e.g. `1,2`."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise ValueError(f"expected comma-separated whole numbers such as 1,2, got {text!r}") from err
-    if not values or min(values) < 1:
-        raise ValueError(f"expected positive whole numbers, got {text!r}")
-    return values
+    return training_command_line(argv, program="bench")
 
 
 def add_model(sub: argparse._SubParsersAction) -> None:
