@@ -23,11 +23,12 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handler.request import BadRequest, parse_request, request_options
 from handler.settings import ServingConfig
-from training.inference.answer import Answer, Light, ModelInfo, Timing, to_json
+from training.inference.answer import Answer, Light, ModelInfo, Timing
 from training.inference.config import ModelConfig
 from training.inference.layer import LayerError, decode_layer
 from training.inference.loaders import load_variant
 from training.inference.postprocess import detect
+from training.inference.serialize import to_dict
 from training.inference.tiling import predict_tiled
 from training.inference.variants import variant_of
 
@@ -69,7 +70,7 @@ class DefectHandler(BaseHandler):
                 context.set_response_status(err.code, err.phrase, idx)
                 answer = err.answer()
             context.set_response_content_type(idx, "application/json")
-            answers.append(json.dumps(to_json(answer), separators=(",", ":")))
+            answers.append(json.dumps(to_dict(answer), separators=(",", ":")))
         return answers
 
     def _answer(self, request: dict[str, Any], idx: int) -> Answer:

@@ -14,10 +14,10 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handler.defect_handler import DefectHandler
 from tests.images_for_tests import encode, png_header_only, triplet
-from training.inference.answer import to_json
 from training.inference.config import ModelConfig
 from training.inference.loaders import load_variant
 from training.inference.postprocess import detect
+from training.inference.serialize import to_dict
 from training.inference.tiling import predict_tiled
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_a_good_triplet_is_answered_as_the_library_answers_it(loaded):
     assert code == 200
     config = ModelConfig.from_dict(json.loads((model_dir / "model_config.json").read_text()))
     _, model = load_variant(model_dir / context.manifest["model"]["serializedFile"])
-    expected = to_json(
+    expected = to_dict(
         detect(
             predict_tiled(model, np.stack(images, -1), config), config.threshold, True, handler.serving.max_components
         )

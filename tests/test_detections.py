@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from training.inference.answer import to_json
 from training.inference.postprocess import check_threshold, components, defect_mask, detect, union_bbox
+from training.inference.serialize import to_dict
 
 
 def probabilities() -> np.ndarray:
@@ -47,7 +47,7 @@ def test_union_bbox_and_clean_layer():
 
 def test_summary_fields_and_mask_png_round_trip():
     p = probabilities()
-    answer = to_json(detect(p, 0.5))
+    answer = to_dict(detect(p, 0.5))
     assert answer["defect"] is True
     assert answer["defect_area_px"] == 27
     assert answer["defect_area_pct"] == pytest.approx(100 * 27 / 600, abs=1e-4)
@@ -62,10 +62,10 @@ def test_summary_fields_and_mask_png_round_trip():
 
 
 def test_clean_layer_summary_and_options():
-    answer = to_json(detect(np.full((8, 8), 0.2, np.float32), 0.5, return_mask=False))
+    answer = to_dict(detect(np.full((8, 8), 0.2, np.float32), 0.5, return_mask=False))
     assert answer["defect"] is False and answer["bbox"] is None and answer["components"] == []
     assert "mask" not in answer
-    capped = to_json(detect(probabilities(), 0.5, max_components=1))
+    capped = to_dict(detect(probabilities(), 0.5, max_components=1))
     assert len(capped["components"]) == 1 and capped["components_total"] == 3
 
 

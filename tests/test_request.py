@@ -4,8 +4,8 @@ import json
 import pytest
 
 from handler.request import BadRequest, parse_request, request_options
-from training.inference.answer import to_json
 from training.inference.layer import LayerError
+from training.inference.serialize import to_dict
 
 IMAGES = [b"img0", b"img1", b"img2"]
 
@@ -74,7 +74,7 @@ def test_bad_options_are_refused(options):
 def test_layer_errors_map_to_statuses():
     assert BadRequest.from_layer_error(LayerError("too_many_pixels", "m")).code == 413
     error = BadRequest.from_layer_error(LayerError("size_mismatch", "sizes differ"))
-    assert error.code == 400 and to_json(error.answer()) == {
+    assert error.code == 400 and to_dict(error.answer()) == {
         "code": 400, "type": "BadRequest", "reason": "size_mismatch", "message": "sizes differ"
     }  # fmt: skip
 

@@ -15,22 +15,30 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("bench", help="the same as `python -m bench model` (kept for old scripts)", add_help=False)
 
 
+def _archives() -> str:
+    from training.inference.variants import VARIANTS
+
+    return ", ".join(v.archive for v in VARIANTS)
+
+
 def add_archive(sub: argparse._SubParsersAction) -> None:
     from handler.settings import ServingConfig
+    from training.inference.variants import MODEL_PREFIX, VARIANTS
 
     defaults = ServingConfig()
     p = sub.add_parser(
         "archive",
-        help="TorchServe archives defect_fp32.mar and defect_int8.mar from a quantized checkpoint",
-        description="Pack the handler, the shared input/output modules, the weights, the ModelConfig and a "
-        "model-config.yaml per variant into .mar archives with torch-model-archiver. Needs model_fp32.pt and "
-        "model_int8.pt beside the checkpoint (written by quantize).",
+        help=f"TorchServe archives {_archives()} from an evaluated and quantized checkpoint",
+        description="Pack the handler and inference packages, the weights, the served ModelConfig and a "
+        "model-config.yaml per registered variant into .mar archives with torch-model-archiver. Needs "
+        f"{', '.join(v.file for v in VARIANTS)} (written by quantize) and decision.json (written by evaluate) beside "
+        "the checkpoint.",
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt (evaluated and quantized)")
     p.add_argument("--out", type=Path, default=Path("model_store"), help="model store folder (default: model_store)")
     p.add_argument("--version", default="1.0", help="model version reported in every answer (default: 1.0)")
     p.add_argument(
-        "--prefix", default="defect", help="model names are <prefix>_fp32 and <prefix>_int8 (default: defect)"
+        "--prefix", default=MODEL_PREFIX, help=f"model names are <prefix>_<variant> (default: {MODEL_PREFIX})"
     )
     p.add_argument(
         "--workers",
@@ -80,9 +88,9 @@ def run_archive(args: argparse.Namespace, argv: list[str]) -> str:
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
-        help="start TorchServe in the background with both archives and config.properties",
-        description="Start TorchServe with config.properties and defect_fp32.mar / defect_int8.mar from the model "
-        "store, wait until both answer, and print the endpoints and where the inference key is.",
+        help="start TorchServe in the background with every variant's archive and config.properties",
+        description=f"Start TorchServe with config.properties and {_archives()} from the model store, wait until "
+        "every model answers, and print the endpoints and where the inference key is.",
     )
     p.add_argument("--model-store", type=Path, default=Path("model_store"), help="default: model_store")
     p.add_argument("--home", type=Path, default=Path("runs/serve"), help="logs and key_file.json (default: runs/serve)")

@@ -1,5 +1,6 @@
 """The answer for one layer, as typed objects: what the handler returns (HTTP 200) and what a bad request gets
-(HTTP 4xx). Built in one place (`postprocess.detect`, then `Answer.of` in the handler); `docs/response.schema.json`
+(HTTP 4xx). Built in one place (`postprocess.detect`, then `Answer.of` in the handler) and serialised by `serialize.to_dict`;
+`docs/response.schema.json`
 is generated from these classes (`python -m training schema`), so the documented fields are these fields.
 
 Standard library only: the factory client and the page server read these names without numpy or torch. Field
@@ -12,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from training.inference.serialize import OMIT_NONE
 from training.inference.variants import VARIANTS
 
 BBOX = "[x, y, width, height] in pixels; x to the right, y down, from the top-left corner"
@@ -81,7 +83,8 @@ class Detection:
     components: tuple[Component, ...] = _info("8-connected defect regions, largest first (at most the server's "
                                               "max_components)")  # fmt: skip
     components_total: int = _info("number of components, listed or not", minimum=0)
-    mask: MaskImage | None = _info("the decision mask; left out when the request set return_mask false", omit_none=True)
+    mask: MaskImage | None = _info("the decision mask; left out when the request set return_mask false",
+                                   **{OMIT_NONE: True})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -107,19 +110,3 @@ class ErrorAnswer:
     type: str = _info("always BadRequest", const="BadRequest")
     reason: str = _info("machine-readable cause; handler/request.py lists them")
     message: str = _info("what was wrong and what is accepted", minLength=1)
-
-
-def to_json(obj: Any) -> Any:
-    """A typed answer as JSON-ready values: tuples as lists, nested objects as dicts, `omit_none` fields left out
-    when None."""
-    if dataclasses.is_dataclass(obj):
-        out = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if value is None and f.metadata.get("omit_none"):
-                continue
-            out[f.name] = to_json(value)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [to_json(v) for v in obj]
-    return obj

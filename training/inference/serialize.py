@@ -19,13 +19,19 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+OMIT_NONE = "omit_none"  # field metadata: leave the field out of `to_dict` while it is None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """The fields of a dataclass instance as JSON-ready values: nested dataclasses as dicts, tuples as lists."""
+    """The fields of a dataclass instance as JSON-ready values: nested dataclasses as dicts, tuples as lists; a
+    field whose metadata sets OMIT_NONE is left out while it is None."""
     if not dataclasses.is_dataclass(obj) or isinstance(obj, type):
         raise TypeError(f"to_dict needs a dataclass instance, got {type(obj).__name__}")
-    return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    return {
+        f.name: _plain(getattr(obj, f.name))
+        for f in dataclasses.fields(obj)
+        if not (getattr(obj, f.name) is None and f.metadata.get(OMIT_NONE))
+    }
 
 
 def _plain(value: Any) -> Any:

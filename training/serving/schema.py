@@ -13,11 +13,12 @@ from typing import Any
 
 from handler.request import REASONS
 from training.inference.answer import Answer, ErrorAnswer
+from training.inference.serialize import OMIT_NONE
 from training.inference.variants import model_names
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "docs" / "response.schema.json"
 _SCALARS = {bool: "boolean", int: "integer", float: "number", str: "string"}
-_KEYWORDS = ("description", "omit_none")  # metadata that is not a bound of the value itself
+_KEYWORDS = ("description", OMIT_NONE)  # metadata that is not a bound of the value itself
 
 
 def _value_schema(tp: Any, bounds: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +52,7 @@ def _ref(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
             bounds = {k: v for k, v in f.metadata.items() if k not in _KEYWORDS}
             bounds.update(_EXTRA.get(f"{name}.{f.name}", {}))
             tp = hints[f.name]
-            if f.metadata.get("omit_none"):
+            if f.metadata.get(OMIT_NONE):
                 (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
             else:
                 required.append(f.name)
