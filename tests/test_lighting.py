@@ -1,7 +1,16 @@
 import numpy as np
 import pytest
 
-from training.renderer.lighting import Light, Materials, light_visibility, parse_azimuths, shade, surface_normals
+from training.renderer.lighting import (
+    Light,
+    Materials,
+    check_elevation,
+    flat_radiance,
+    light_visibility,
+    parse_azimuths,
+    shade,
+    surface_normals,
+)
 
 PITCH = 10.0  # micrometres per pixel
 
@@ -87,3 +96,21 @@ def test_azimuth_convention_is_counter_clockwise_from_the_right_edge_with_y_down
     h, c = bump()
     image = shade(h, PITCH, uniform_materials(h.shape), Light(90.0, 30.0))
     assert image[c - 6, c] > image[c + 6, c] * 1.2  # lit from the top: the bump's upper side is brighter
+
+
+@pytest.mark.parametrize("intensity", [0.75, 1.25])
+def test_light_intensity_scales_radiance_and_the_flat_reference_alike(intensity):
+    h, _ = bump()
+    materials = uniform_materials(h.shape, specular=0.3)
+    nominal = shade(h, PITCH, materials, Light(120.0, 30.0))
+    scaled = shade(h, PITCH, materials, Light(120.0, 30.0, intensity))
+    np.testing.assert_allclose(scaled, intensity * nominal, rtol=1e-6)
+    assert flat_radiance(0.5, Light(0.0, 30.0, intensity)) == pytest.approx(
+        intensity * flat_radiance(0.5, Light(0.0, 30.0))
+    )
+
+
+@pytest.mark.parametrize("elevation", [4.9, 85.1])
+def test_check_elevation_names_the_accepted_range(elevation):
+    with pytest.raises(ValueError, match="between 5 and 85 degrees"):
+        check_elevation(elevation)

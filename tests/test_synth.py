@@ -1,26 +1,31 @@
 import dataclasses
+import hashlib
 import json
 
+import cv2
 import numpy as np
 import pytest
 
+from training.cli import main
 from training.inference.images import read_png_array
 from training.renderer.defects import CLASS_IDS, CLASSES
-from training.renderer.surface import SurfaceConfig
+from training.renderer.physics import PhysicsRanges, parse_range
+from training.renderer.surface import Part, SurfaceConfig, rasterize_parts
 from training.renderer.synth import SynthConfig, generate_layer, synthesize
 
-SMALL = SynthConfig(size=96)
+SMALL = SynthConfig(size=96)  # randomized physics, the default
+FIXED = SynthConfig(size=96, randomize=False)  # the fixed settings: for tests that set the surface or the camera
 
 
 def test_flat_defect_free_bed_gives_empty_truth_and_near_identical_images():
     flat = SurfaceConfig(powder_roughness_um=0.0, unevenness_um=0.0, parts_per_layer=(0, 0))
-    layer = generate_layer(dataclasses.replace(SMALL, surface=flat, clean_fraction=1.0), seed=3, index=0)
+    layer = generate_layer(dataclasses.replace(FIXED, surface=flat, clean_fraction=1.0), seed=3, index=0)
     assert not layer.truth.any()
     assert layer.meta["clean"] and layer.meta["defects"] == []
     relative = [im.astype(np.float64) / im.mean() for im in layer.images]
     for other in relative[1:]:
         assert np.abs(relative[0] - other).mean() < 0.08  # noise, gain drift and fall-off only
-    rough = generate_layer(dataclasses.replace(SMALL, clean_fraction=1.0), seed=3, index=0)
+    rough = generate_layer(dataclasses.replace(FIXED, clean_fraction=1.0), seed=3, index=0)
     rough_rel = [im.astype(np.float64) / im.mean() for im in rough.images]
     assert np.abs(rough_rel[0] - rough_rel[1]).mean() > 2 * np.abs(relative[0] - relative[1]).mean()
 
@@ -58,7 +63,7 @@ def test_files_are_byte_identical_whatever_the_number_of_workers(tmp_path):
 
 
 def test_layout_metadata_and_sixteen_bit_output(tmp_path):
-    config = dataclasses.replace(SMALL, camera=dataclasses.replace(SMALL.camera, bit_depth=16), clean_fraction=0.0)
+    config = dataclasses.replace(FIXED, camera=dataclasses.replace(FIXED.camera, bit_depth=16), clean_fraction=0.0)
     synthesize(config, tmp_path, layers=1, seed=0, workers=1)
     images = [read_png_array(tmp_path / "raw" / f"layer_00000_a{k}.png") for k in range(3)]
     assert all(im.dtype == np.uint16 and im.shape == (96, 96) for im in images)
@@ -101,13 +106,11 @@ def test_config_round_trips_through_json_and_rejects_unknown_keys():
 
 
 def test_truth_lines_up_with_where_the_defect_shows_in_the_images():
-    import cv2
-
     flat = SurfaceConfig(powder_roughness_um=0.0, unevenness_um=0.0, parts_per_layer=(0, 0))
     quiet = dataclasses.replace(
-        SMALL.camera, bit_depth=16, full_well_e=1e9, read_noise_e=0.0, gain_drift=0.0, misregistration_px=0.0
+        FIXED.camera, bit_depth=16, full_well_e=1e9, read_noise_e=0.0, gain_drift=0.0, misregistration_px=0.0
     )
-    config = dataclasses.replace(SMALL, size=128, surface=flat, camera=quiet, clean_fraction=0.0).only_classes(("pit",))
+    config = dataclasses.replace(FIXED, size=128, surface=flat, camera=quiet, clean_fraction=0.0).only_classes(("pit",))
     layer = generate_layer(config, seed=2, index=0)
     change = np.zeros((128, 128))
     for image in layer.images:
@@ -127,6 +130,246 @@ def test_truth_lines_up_with_where_the_defect_shows_in_the_images():
 
 
 def test_spatter_near_the_image_border_does_not_crash():
-    config = dataclasses.replace(SynthConfig(size=128), clean_fraction=0.0).only_classes(("spatter",))
+    # These indices put spatter at the border with the fixed 25 um pitch; randomized, they land elsewhere.
+    config = dataclasses.replace(FIXED, size=128, clean_fraction=0.0).only_classes(("spatter",))
     for index in (185, 186, 187):
         generate_layer(config, seed=0, index=index)
+
+
+def _digest(layer) -> str:
+    h = hashlib.sha256()
+    for array in [*layer.images, layer.truth]:
+        h.update(array.tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("config", "seed", "index", "digest"),
+    [
+        (
+            SynthConfig(size=64, randomize=False),
+            0,
+            1,
+            "9232fc622ec6affa246aff3b4ba6ce661ff5bacfecf97570feb410d899495da0",
+        ),
+        (
+            SynthConfig(size=64, randomize=False, clean_fraction=0.0),
+            3,
+            2,
+            "d92683160212f287edcc20a02dce22608c02a3e5d59f23dcb4ca4ce2ec020761",
+        ),
+    ],
+)
+def test_randomize_off_renders_the_bytes_of_the_fixed_renderer(config, seed, index, digest):
+    """Digests of images + truth taken from the renderer before randomised physics existed."""
+    assert _digest(generate_layer(config, seed, index)) == digest
+
+
+def test_randomized_layers_draw_their_own_physics_within_the_ranges():
+    ranges = PhysicsRanges()
+    config = SynthConfig(size=64)
+    metas = [generate_layer(config, seed=0, index=i).meta for i in range(4)]
+    assert len({json.dumps(m["physics"], sort_keys=True) for m in metas}) == 4
+    for meta in metas:
+        physics = meta["physics"]
+        assert set(physics) == {f.name for f in dataclasses.fields(PhysicsRanges)}
+        for name, value in physics.items():
+            low, high = getattr(ranges, name)
+            for v in value if isinstance(value, list) else [value]:
+                assert low - 1e-4 <= v <= high + 1e-4, (name, v)
+        assert meta["pitch_um"] == physics["pitch_um"]
+        for light, nominal, error, jitter, intensity in zip(
+            meta["lights"],
+            config.azimuths_deg,
+            physics["azimuth_error_deg"],
+            physics["elevation_jitter_deg"],
+            physics["light_intensity"],
+            strict=True,
+        ):
+            assert light["azimuth_deg"] == pytest.approx((nominal + error) % 360.0, abs=2e-4)
+            assert light["elevation_deg"] == pytest.approx(physics["elevation_deg"] + jitter, abs=2e-4)
+            assert light["intensity"] == intensity
+        assert [e["gradient"] for e in meta["exposures"]] == physics["illumination_gradient"]
+
+
+def test_randomize_off_records_the_fixed_settings():
+    meta = generate_layer(SynthConfig(size=64, randomize=False), seed=0, index=1).meta
+    assert meta["physics"]["elevation_deg"] == 30.0 and meta["pitch_um"] == 25.0
+    assert meta["physics"]["azimuth_error_deg"] == [0.0] * 3 and meta["physics"]["light_intensity"] == [1.0] * 3
+    assert [(lt["azimuth_deg"], lt["elevation_deg"]) for lt in meta["lights"]] == [
+        (0.0, 30.0),
+        (120.0, 30.0),
+        (240.0, 30.0),
+    ]
+
+
+def _fixed(**values: float) -> PhysicsRanges:
+    """Default ranges with the named settings collapsed to one value each."""
+    return PhysicsRanges(**{name: (v, v) for name, v in values.items()})
+
+
+def _randomized(size: int = 96, parts: int = 0, **values: float) -> SynthConfig:
+    surface = dataclasses.replace(SurfaceConfig(), parts_per_layer=(parts, parts))
+    return SynthConfig(size=size, clean_fraction=1.0, surface=surface, physics=_fixed(**values))
+
+
+@pytest.mark.parametrize("gamma", [0.6, 1.0, 1.5])
+def test_exposure_sets_where_flat_powder_lands_whatever_the_response_curve(gamma):
+    flat = {"powder_roughness_um": 0.0, "vignetting": 0.0, "illumination_gradient": 0.0, "light_intensity": 1.0}
+    low = generate_layer(_randomized(target_level=0.2, response_gamma=gamma, **flat), seed=1, index=0)
+    high = generate_layer(_randomized(target_level=0.55, response_gamma=gamma, **flat), seed=1, index=0)
+    assert low.meta["exposure_cut"] == high.meta["exposure_cut"] == 1.0  # nothing near saturation
+    levels = [np.median(np.stack(layer.images)) / 255 for layer in (low, high)]
+    assert 0.2 <= levels[0] <= 0.2 * 1.25  # flat matte powder lands at the level; its faint sheen adds a little
+    assert levels[1] / levels[0] == pytest.approx(0.55 / 0.2, rel=0.06)
+    assert all(h.mean() > 2 * lo.mean() for h, lo in zip(high.images, low.images, strict=True))
+
+
+def test_auto_exposure_keeps_a_bright_rough_layer_from_saturating():
+    harsh = {"target_level": 0.75, "elevation_deg": 15.0, "powder_roughness_um": 5.0, "response_gamma": 0.6}
+    layer = generate_layer(_randomized(**harsh), seed=6, index=0)
+    assert layer.meta["exposure_cut"] < 0.9 and layer.meta["physics"]["target_level"] == 0.75
+    assert max(float(np.mean(im == 255)) for im in layer.images) < 0.03  # glints and sheen only
+
+
+def test_light_intensity_brightens_its_own_image():
+    quiet = {"vignetting": 0.0, "illumination_gradient": 0.0, "target_level": 0.4}
+    dim = generate_layer(_randomized(light_intensity=0.75, **quiet), seed=2, index=0)
+    bright = generate_layer(_randomized(light_intensity=1.25, **quiet), seed=2, index=0)
+    assert dim.meta["exposure_cut"] == bright.meta["exposure_cut"] == 1.0
+    for d, b in zip(dim.images, bright.images, strict=True):
+        assert b.mean() / d.mean() == pytest.approx(1.25 / 0.75, rel=0.1)
+
+
+def test_optical_blur_removes_fine_detail():
+    def detail(layer):
+        return np.mean([np.abs(cv2.Laplacian(im.astype(np.float32), cv2.CV_32F)).mean() for im in layer.images])
+
+    sharp = generate_layer(_randomized(blur_px=0.0, read_noise_e=2.0), seed=3, index=0)
+    blurred = generate_layer(_randomized(blur_px=1.2, read_noise_e=2.0), seed=3, index=0)
+    assert detail(blurred) < 0.6 * detail(sharp)
+
+
+@pytest.mark.parametrize(("powder", "part", "parts_brighter"), [(0.6, 0.3, False), (0.3, 0.8, True)])
+def test_parts_are_darker_or_brighter_than_powder_as_their_albedos_say(powder, part, parts_brighter):
+    config = _randomized(
+        size=128, parts=2, powder_albedo=powder, melted_albedo=part, melted_specular=0.05, elevation_deg=60.0
+    )
+    layer = generate_layer(config, seed=4, index=0)
+    parts = [
+        Part(p["kind"], tuple(map(tuple, p.get("vertices", ()))), tuple(p.get("center", (0, 0))),
+             tuple(p.get("axes", (0, 0))), p.get("angle_deg", 0.0))
+        for p in layer.meta["parts"]
+    ]  # fmt: skip
+    mask = rasterize_parts(parts, (128, 128), 1).astype(np.uint8)
+    inside = cv2.erode(mask, np.ones((7, 7), np.uint8)).astype(bool)
+    outside = ~cv2.dilate(mask, np.ones((7, 7), np.uint8)).astype(bool)
+    assert inside.sum() > 100 and outside.sum() > 100
+    for image in layer.images:
+        part_level, powder_level = np.median(image[inside]), np.median(image[outside])
+        assert (part_level > 1.2 * powder_level) if parts_brighter else (part_level < 0.8 * powder_level)
+
+
+def test_pitch_sets_the_size_of_a_defect_in_pixels():
+    spec = {"pit": {"probability": 1.0, "count": [1, 1], "size_um": [200.0, 200.0], "height_um": [30.0, 30.0]}}
+    areas = {}
+    for pitch in (15.0, 40.0):
+        config = SynthConfig.from_json(
+            {"size": 96, "clean_fraction": 0.0, "defects": spec, "physics": {"pitch_um": [pitch, pitch]}}
+        ).only_classes(("pit",))
+        layer = generate_layer(config, seed=5, index=0)
+        assert layer.meta["pitch_um"] == pitch
+        areas[pitch] = layer.meta["defects"][0]["area_px"]
+    assert areas[15.0] / areas[40.0] == pytest.approx((40.0 / 15.0) ** 2, rel=0.3)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"elevation_deg": (60.0, 15.0)}, "low <= high"),
+        ({"elevation_deg": (2.0, 30.0)}, r"elevation_deg must be within \[5, 85\]"),
+        ({"pitch_um": (0.0, 30.0)}, "pitch_um must be above 0"),
+        ({"target_level": (0.2, 1.5)}, r"target_level must be within \(0, 1\]"),
+        ({"read_noise_e": (-1.0, 2.0)}, "read_noise_e must be at least 0"),
+        ({"powder_albedo": (0.3,)}, "two finite numbers"),
+        ({"blur_px": (0.0, float("nan"))}, "two finite numbers"),
+    ],
+)
+def test_physics_ranges_reject_bad_values(change, message):
+    with pytest.raises(ValueError, match=message):
+        PhysicsRanges(**change)
+
+
+def test_physics_ranges_round_trip_through_json_with_partial_overrides():
+    config = SynthConfig(size=64, randomize=False, physics=PhysicsRanges(elevation_deg=(20.0, 40.0)))
+    record = json.loads(json.dumps(config.to_json()))
+    assert record["randomize"] is False and record["physics"]["elevation_deg"] == [20.0, 40.0]
+    assert SynthConfig.from_json(record) == config
+    partial = SynthConfig.from_json({"physics": {"pitch_um": [20, 30]}})
+    assert partial.randomize and partial.physics == PhysicsRanges(pitch_um=(20.0, 30.0))
+    with pytest.raises(ValueError, match="low <= high"):
+        SynthConfig.from_json({"physics": {"pitch_um": [30, 20]}})
+    with pytest.raises(ValueError, match="in physics"):
+        SynthConfig.from_json({"physics": {"colour": [1, 2]}})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("40", (40.0, 40.0)), ("20:45", (20.0, 45.0)), ("7.5:85", (7.5, 85.0)), ("30:30", (30.0, 30.0))],
+)
+def test_parse_range_takes_one_number_or_low_high(text, expected):
+    assert parse_range(text, "--elevation", "elevation_deg") == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("abc", "--elevation takes one number .* or a range LOW:HIGH such as 15:60"),
+        ("20:", "--elevation takes one number"),
+        ("10:20:30", "--elevation takes one number"),
+        ("nan", "--elevation takes one number"),
+        ("60:20", "--elevation range must be LOW:HIGH with LOW <= HIGH"),
+        ("95", r"--elevation must be within \[5, 85\] degrees above the bed, got '95'"),
+    ],
+)
+def test_parse_range_rejects_bad_text_naming_the_option(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_range(text, "--elevation", "elevation_deg")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--elevation", "abc"], "--elevation takes one number"),
+        (["--pitch", "40:15"], "--pitch range must be LOW:HIGH"),
+        (["--pitch", "0"], "--pitch must be above 0 micrometres"),
+        (["--elevation", "20:40", "--no-randomize"], "with --no-randomize give one number"),
+    ],
+)
+def test_synth_command_refuses_bad_elevation_and_pitch(args, message, tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "synth_config.json").exists()
+
+
+def _run_synth(tmp_path, *args: str) -> tuple[dict, list[dict]]:
+    assert main(["synth", "--out", str(tmp_path), "--layers", "2", "--size", "32", "--workers", "1", *args]) == 0
+    record = json.loads((tmp_path / "synth_config.json").read_text())
+    return record["config"], [json.loads(p.read_text()) for p in sorted((tmp_path / "meta").glob("*.json"))]
+
+
+def test_synth_command_fixes_the_elevation_and_sets_the_pitch_range(tmp_path):
+    config, metas = _run_synth(tmp_path, "--elevation", "40", "--pitch", "20:30")
+    assert config["randomize"] is True and config["elevation_deg"] == 40.0
+    assert config["physics"]["elevation_deg"] == [40.0, 40.0] and config["physics"]["pitch_um"] == [20.0, 30.0]
+    for meta in metas:
+        assert meta["physics"]["elevation_deg"] == 40.0 and 20.0 <= meta["pitch_um"] <= 30.0
+        assert all(38.0 <= light["elevation_deg"] <= 42.0 for light in meta["lights"])  # each light's jitter
+    assert metas[0]["pitch_um"] != metas[1]["pitch_um"]
+
+
+def test_synth_command_without_randomize_uses_the_numbers_given(tmp_path):
+    config, metas = _run_synth(tmp_path, "--no-randomize", "--elevation", "40", "--pitch", "20")
+    assert config["randomize"] is False and (config["elevation_deg"], config["pitch_um"]) == (40.0, 20.0)
+    for meta in metas:
+        assert meta["pitch_um"] == 20.0 and [light["elevation_deg"] for light in meta["lights"]] == [40.0] * 3

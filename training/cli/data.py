@@ -19,12 +19,22 @@ def _azimuths() -> str:
     return ",".join(f"{a:g}" for a in DEFAULT_AZIMUTHS_DEG)
 
 
+def _physics(name: str) -> tuple[str, str]:
+    """The default range of a PhysicsRanges field as LOW:HIGH, and the values it accepts."""
+    from training.renderer.physics import LIMITS, PhysicsRanges
+
+    low, high = getattr(PhysicsRanges(), name)
+    return f"{low:g}:{high:g}", str(LIMITS[name])
+
+
 def add_synth(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "synth",
         help="render synthetic three-light layer images with exact defect truth",
         description="Render synthetic powder-bed layers: a height field with parts and defects, lit from three "
-        "azimuths, with exact truth masks and per-layer metadata. Writes OUT/raw, OUT/truth, OUT/meta.",
+        "azimuths, with exact truth masks and per-layer metadata. Writes OUT/raw, OUT/truth, OUT/meta. By default "
+        "each layer draws its own physics (light elevation, intensities, exposure, noise, blur, materials, pitch) "
+        "from the ranges of SynthConfig.physics, recorded in its meta JSON under 'physics'.",
     )
     p.add_argument("--out", type=Path, default=Path("data/synth"), help="output folder (default: data/synth)")
     p.add_argument("--layers", type=int, default=100, help="number of layers (default: 100)")
@@ -34,8 +44,28 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lights", help=f"three light azimuths in degrees, counter-clockwise from +x (default: {_azimuths()})"
     )
-    p.add_argument("--elevation", type=float, help="light elevation above the bed in degrees (default: 30)")
-    p.add_argument("--pitch", type=float, help="pixel pitch on the bed in micrometres (default: 25)")
+    p.add_argument(
+        "--randomize",
+        action=argparse.BooleanOptionalAction,
+        help="draw each layer's physics from the configured ranges; --no-randomize renders every layer with the "
+        "fixed settings (default: on, or as in --config)",
+    )
+    elevation, elevation_limits = _physics("elevation_deg")
+    jitter, _ = _physics("elevation_jitter_deg")
+    pitch, pitch_limits = _physics("pitch_um")
+    p.add_argument(
+        "--elevation",
+        metavar="DEG|LOW:HIGH",
+        help=f"light elevation, {elevation_limits}: one number fixes it (randomized, each light still "
+        f"jitters by {jitter} degrees), LOW:HIGH sets the range each layer draws from "
+        f"(default: {elevation}; 30 with --no-randomize)",
+    )
+    p.add_argument(
+        "--pitch",
+        metavar="UM|LOW:HIGH",
+        help=f"pixel pitch on the bed, {pitch_limits}: one number fixes it, LOW:HIGH sets the range each "
+        f"layer draws from (default: {pitch}; 25 with --no-randomize)",
+    )
     p.add_argument("--supersample", type=int, help="render pixels per camera pixel, per axis (default: 2)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), help="bits per pixel of the PNG files (default: 8)")
     p.add_argument("--clean-fraction", type=float, help="share of layers without defects (default: 0.2)")
@@ -47,18 +77,30 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
 
 def run_synth(args: argparse.Namespace, argv: list[str]) -> str:
     from training.renderer import defects, lighting
+    from training.renderer.physics import parse_range
     from training.renderer.synth import SynthConfig, synthesize
 
     config = SynthConfig.from_json(json.loads(args.config.read_text())) if args.config else SynthConfig()
     overrides: dict = {}
+    if args.randomize is not None:
+        overrides["randomize"] = args.randomize
+    randomize = overrides.get("randomize", config.randomize)
+    ranges: dict = {}
+    for option, text, name in (("--elevation", args.elevation, "elevation_deg"), ("--pitch", args.pitch, "pitch_um")):
+        if text is None:
+            continue
+        low, high = parse_range(text, option, name)  # the same field name in SynthConfig and PhysicsRanges
+        if low == high:  # one number: the fixed value, and with randomize on a range of that one value
+            overrides[name] = low
+        elif not randomize:
+            raise ValueError(f"{option} {text}: a range is drawn from per layer; with --no-randomize give one number")
+        ranges[name] = (low, high)
+    if ranges:
+        overrides["physics"] = dataclasses.replace(config.physics, **ranges)
     if args.size is not None:
         overrides["size"] = args.size
     if args.lights is not None:
         overrides["azimuths_deg"] = lighting.parse_azimuths(args.lights)
-    if args.elevation is not None:
-        overrides["elevation_deg"] = lighting.check_elevation(args.elevation)
-    if args.pitch is not None:
-        overrides["pitch_um"] = args.pitch
     if args.supersample is not None:
         overrides["supersample"] = args.supersample
     if args.clean_fraction is not None:

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from training.renderer.physics import LIMITS
+
 
 @dataclass(frozen=True)
 class Light:
     azimuth_deg: float
     elevation_deg: float
+    intensity: float = 1.0  # radiance scale against the exposure reference (a light of intensity 1)
 
     def direction(self) -> np.ndarray:
         """Unit vector (x, y, z) from the surface towards the light, in image coordinates (y down)."""
@@ -50,8 +53,12 @@ def parse_azimuths(text: str | Sequence[float]) -> tuple[float, float, float]:
 
 
 def check_elevation(elevation_deg: float) -> float:
-    if not 5.0 <= elevation_deg <= 85.0:
-        raise ValueError(f"light elevation must be between 5 and 85 degrees above the bed, got {elevation_deg}")
+    limit = LIMITS["elevation_deg"]
+    if not limit.holds(elevation_deg):
+        raise ValueError(
+            f"light elevation must be between {limit.low:g} and {limit.high:g} degrees above the bed, "
+            f"got {elevation_deg}"
+        )
     return float(elevation_deg)
 
 
@@ -106,7 +113,7 @@ AMBIENT = 0.08  # share of diffuse light that reaches every pixel, shadowed or n
 
 def flat_radiance(albedo: float, light: Light, ambient: float = AMBIENT) -> float:
     """Radiance of a flat, matte patch of the given albedo under `light`: the exposure reference."""
-    return albedo * (ambient + (1.0 - ambient) * math.sin(math.radians(light.elevation_deg)))
+    return light.intensity * albedo * (ambient + (1.0 - ambient) * math.sin(math.radians(light.elevation_deg)))
 
 
 @dataclass(frozen=True)
@@ -137,4 +144,4 @@ def shade(
     specular = materials.specular * np.power(n_dot_h, materials.shininess)
     visible = light_visibility(height_um, pitch_um, light)
     radiance = materials.albedo * (ambient + (1.0 - ambient) * lambert * visible) + specular * visible
-    return radiance.astype(np.float32)
+    return (light.intensity * radiance).astype(np.float32)

@@ -1,8 +1,9 @@
 """Synthetic layers: a height field with parts and defects, rendered under three lights, with exact truth.
 
 One layer is a pure function of (config, seed, layer index): the same inputs give the same bytes, whatever the
-number of workers. Files are written in the raw layout that real machines give, plus truth and metadata:
-`raw/<id>_a{0,1,2}.png`, `truth/<id>.png` (0 = no defect, 1..C = class), `meta/<id>.json`.
+number of workers. With `randomize` on (the default), each layer draws its lights, camera, materials and pixel
+pitch from `config.physics` (see physics.py). Files are written in the raw layout that real machines give, plus
+truth and metadata: `raw/<id>_a{0,1,2}.png`, `truth/<id>.png` (0 = no defect, 1..C = class), `meta/<id>.json`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import numpy as np
 from training.inference import serialize
 from training.inference.config import DEFAULT_AZIMUTHS_DEG
 from training.inference.images import encode_png, write_atomic, write_json
-from training.renderer import camera, defects, lighting
+from training.renderer import camera, defects, lighting, physics
 from training.renderer.camera import CameraConfig
 from training.renderer.defects import CLASS_IDS, CLASSES, DEFAULT_SPECS, DefectSpec, LayerContext
+from training.renderer.physics import LayerPhysics, PhysicsRanges
 from training.renderer.surface import (
     SurfaceConfig,
     hatch_angle,
@@ -36,6 +38,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SynthConfig:
+    """What `synth` renders. With `randomize` on, each layer draws pitch, elevation and the settings named in
+    PhysicsRanges from `physics`, and pitch_um, elevation_deg and those fields of `surface` and `camera` are not
+    used; the azimuths stay the nominal ones (channel order). With it off, every layer uses the fixed fields."""
+
     size: int = 512
     pitch_um: float = 25.0
     supersample: int = 2
@@ -45,6 +51,8 @@ class SynthConfig:
     surface: SurfaceConfig = field(default_factory=SurfaceConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     defects: dict[str, DefectSpec] = field(default_factory=lambda: dict(DEFAULT_SPECS))
+    randomize: bool = True
+    physics: PhysicsRanges = field(default_factory=PhysicsRanges)
 
     def __post_init__(self) -> None:
         if self.size < 32:
@@ -62,10 +70,6 @@ class SynthConfig:
             raise ValueError(f"unknown defect class(es) {sorted(unknown)}; choose from: {', '.join(CLASSES)}")
         if self.clean_fraction < 1.0 and not any(s.probability > 0 for s in self.defects.values()):
             raise ValueError("no defect class has a positive probability, but clean_fraction < 1")
-
-    @property
-    def lights(self) -> list[lighting.Light]:
-        return [lighting.Light(a, self.elevation_deg) for a in self.azimuths_deg]
 
     def to_json(self) -> dict:
         return serialize.to_dict(self)
@@ -109,6 +113,19 @@ def layer_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(index,)))
 
 
+def physics_rng(seed: int, index: int) -> np.random.Generator:
+    """A child of the layer's seed: drawing the physics does not shift the layer's own stream."""
+    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(index,)).spawn(1)[0])
+
+
+def layer_physics(config: SynthConfig, seed: int, index: int) -> LayerPhysics:
+    """The render settings of one layer: drawn from config.physics with randomize on, else the fixed ones."""
+    n = len(config.azimuths_deg)
+    if config.randomize:
+        return physics.draw(physics_rng(seed, index), config.physics, n)
+    return LayerPhysics.fixed(config.elevation_deg, config.pitch_um, n, config.surface, config.camera)
+
+
 def _choose_defects(rng: np.random.Generator, config: SynthConfig) -> list[str]:
     """Class names of the instances to stamp on one defective layer (at least one)."""
     active = [n for n in CLASSES if n in config.defects and config.defects[n].probability > 0]
@@ -126,24 +143,28 @@ def _choose_defects(rng: np.random.Generator, config: SynthConfig) -> list[str]:
 def generate_layer(config: SynthConfig, seed: int, index: int) -> Layer:
     """Render one layer. Pure: the result depends on (config, seed, index) only."""
     rng = layer_rng(seed, index)
+    drawn = layer_physics(config, seed, index)
+    surface_config = drawn.surface_config(config.surface)
+    camera_config = drawn.camera_config(config.camera, config.physics if config.randomize else None)
+    lights = [lighting.Light(*placement) for placement in drawn.light_placements(config.azimuths_deg)]
     scale = config.supersample
     shape = (config.size * scale, config.size * scale)
-    pitch = config.pitch_um / scale  # render pitch
-    n_parts = int(rng.integers(config.surface.parts_per_layer[0], config.surface.parts_per_layer[1] + 1))
+    pitch = drawn.pitch_um / scale  # render pitch
+    n_parts = int(rng.integers(surface_config.parts_per_layer[0], surface_config.parts_per_layer[1] + 1))
     parts = random_parts(rng, config.size, n_parts)
     part_mask = rasterize_parts(parts, shape, scale)
     hatch_offset = float(rng.uniform(0, 180))
-    hatch = hatch_angle(index, config.surface, hatch_offset)
-    surface = layer_surface(rng, part_mask, pitch, hatch, config.surface)
+    hatch = hatch_angle(index, surface_config, hatch_offset)
+    surface = layer_surface(rng, part_mask, pitch, hatch, surface_config)
 
     clean = bool(rng.random() < config.clean_fraction)
-    previous_hatch = hatch_angle(index - 1, config.surface, hatch_offset)
+    previous_hatch = hatch_angle(index - 1, surface_config, hatch_offset)
     below_rng = np.random.default_rng(rng.integers(2**63))
     # Where powder is missing, the previous layer shows: its powder scraped flatter by the blade and heat-tinted.
     scraped = dataclasses.replace(
-        config.surface,
-        powder_roughness_um=0.5 * config.surface.powder_roughness_um,
-        powder_albedo=0.8 * config.surface.powder_albedo,
+        surface_config,
+        powder_roughness_um=0.5 * surface_config.powder_roughness_um,
+        powder_albedo=0.8 * surface_config.powder_albedo,
     )
     context = LayerContext(
         shape=shape,
@@ -176,13 +197,16 @@ def generate_layer(config: SynthConfig, seed: int, index: int) -> Layer:
     surface = defects.compose(surface, stamps)
 
     normals = lighting.surface_normals(surface.height_um, pitch)
-    flat = lighting.flat_radiance(config.surface.powder_albedo, config.lights[0])
-    exposures = camera.draw_exposures(rng, config.camera, len(config.lights))
-    vignetting = float(rng.uniform(*config.camera.vignetting))
-    images = []
-    for light, exposure in zip(config.lights, exposures, strict=True):
-        radiance = lighting.shade(surface.height_um, pitch, surface.materials, light, normals=normals)
-        images.append(camera.capture(rng, radiance, light, exposure, vignetting, flat, scale, config.camera))
+    reference = lighting.Light(0.0, drawn.elevation_deg)  # the exposure is set for flat powder under this light
+    flat = lighting.flat_radiance(surface_config.powder_albedo, reference)
+    radiances = [lighting.shade(surface.height_um, pitch, surface.materials, lt, normals=normals) for lt in lights]
+    exposed = camera.auto_exposure(radiances, flat, camera_config) if config.randomize else flat
+    exposures = camera.draw_exposures(rng, camera_config, len(lights))
+    vignetting = float(rng.uniform(*camera_config.vignetting))
+    images = [
+        camera.capture(rng, radiance, light, exposure, vignetting, exposed, scale, camera_config)
+        for radiance, light, exposure in zip(radiances, lights, exposures, strict=True)
+    ]
 
     lid = layer_id(index)
     meta = {
@@ -190,9 +214,21 @@ def generate_layer(config: SynthConfig, seed: int, index: int) -> Layer:
         "index": index,
         "seed": seed,
         "size": [config.size, config.size],
-        "pitch_um": config.pitch_um,
-        "bit_depth": config.camera.bit_depth,
-        "lights": [{"azimuth_deg": lt.azimuth_deg, "elevation_deg": lt.elevation_deg} for lt in config.lights],
+        "pitch_um": round(drawn.pitch_um, 4),
+        "bit_depth": camera_config.bit_depth,
+        "lights": [
+            {
+                "azimuth_deg": round(lt.azimuth_deg, 4),
+                "elevation_deg": round(lt.elevation_deg, 4),
+                "intensity": round(lt.intensity, 4),
+            }
+            for lt in lights
+        ],
+        "physics": {
+            **drawn.to_json(),
+            "vignetting": round(vignetting, 5),
+            "illumination_gradient": [round(e.gradient, 5) for e in exposures],
+        },
         "hatch_angle_deg": round(hatch, 3),
         "parts": [p.to_json() for p in parts],
         "exposures": [
@@ -200,6 +236,7 @@ def generate_layer(config: SynthConfig, seed: int, index: int) -> Layer:
             for e in exposures
         ],
         "vignetting": round(vignetting, 5),
+        "exposure_cut": round(flat / exposed, 5),  # < 1 where auto-exposure kept the drawn level from saturating
         "clean": not records,
         "defects": records,
         "classes": {name: CLASS_IDS[name] for name in CLASSES},
