@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from training.inference.config import ModelConfig
-from training.inference.preprocess import channel_statistics, normalize, pad_to_multiple, to_unit
+from training.inference.preprocess import (
+    channel_statistics,
+    model_channels,
+    normalize,
+    pad_to_multiple,
+    shading_channels,
+    to_unit,
+)
 
 
 def test_to_unit_scales_by_bit_depth():
@@ -78,11 +85,68 @@ def test_tiled_prediction_blends_to_the_whole_image_result_for_a_pointwise_model
 
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 1, kernel_size=1).eval()
-    config = ModelConfig(tile_size=64, mean=(0.4, 0.5, 0.6), std=(0.2, 0.2, 0.2))
+    config = ModelConfig(tile_size=64)
     stack = np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)
     tiled = predict_tiled(model, stack, config, overlap=16)
-    whole = predict_probabilities(model, stack, ModelConfig(tile_size=256, mean=config.mean, std=config.std))
+    whole = predict_probabilities(model, stack, ModelConfig(tile_size=256))
     assert tiled.shape == (150, 200)
     np.testing.assert_allclose(tiled, whole[:150, :200], atol=1e-5)
-    narrow = stack[:40]  # shorter than a tile in one direction
-    np.testing.assert_allclose(predict_tiled(model, narrow, config, overlap=16), whole[:40], atol=1e-5)
+    narrow = stack[:40]  # shorter than a tile in one direction: another layer, with its own statistics
+    whole_narrow = predict_probabilities(model, narrow, ModelConfig(tile_size=256))
+    np.testing.assert_allclose(predict_tiled(model, narrow, config, overlap=16), whole_narrow, atol=1e-5)
+
+
+def _surface_like(seed: int = 0, size: int = 96) -> np.ndarray:
+    """Three float images in 0..1 that share a reflectance and differ in shading, like three lights' images."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    height = cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), 2.0)
+    gy, gx = np.gradient(height)
+    albedo = 0.4 * (1.0 + 0.1 * cv2.GaussianBlur(rng.standard_normal((size, size)).astype(np.float32), (0, 0), 1.0))
+    shading = [1.0 + 3.0 * (np.cos(a) * gx - np.sin(a) * gy) for a in np.radians([0.0, 120.0, 240.0])]
+    return np.stack([albedo * np.clip(s, 0.05, None) for s in shading], axis=-1).astype(np.float32)
+
+
+@pytest.mark.parametrize("albedo", [False, True])
+def test_shading_cancels_exposure_per_light_gain_and_vignetting(albedo):
+    unit = _surface_like()
+    size = unit.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
+    vignette = (1.0 - 0.3 * (xx**2 + yy**2))[..., None]
+    changed = unit * 1.6 * np.array([0.8, 1.0, 1.2], np.float32) * vignette  # brighter camera, lights differ
+    base = shading_channels(unit, 32.0, albedo)
+    np.testing.assert_allclose(shading_channels(changed.astype(np.float32), 32.0, albedo)[..., :3], base[..., :3],
+                               atol=0.1)  # fmt: skip
+    if albedo:  # the albedo channel cancels exposure exactly (not per-light gains: it mixes the lights)
+        np.testing.assert_allclose(shading_channels(unit * 1.6, 32.0, True)[..., 3], base[..., 3], atol=1e-3)
+
+
+def test_shading_follows_a_power_law_response_closely():
+    unit = _surface_like(1)
+    base = shading_channels(unit, 32.0)
+    for gamma in (0.6, 1.5):
+        bent = shading_channels((unit**gamma).astype(np.float32), 32.0)
+        assert np.corrcoef(base.ravel(), bent.ravel())[0, 1] > 0.97
+        assert 0.8 < np.std(bent) / np.std(base) < 1.25  # the layer's spread takes the exponent out
+
+
+def test_intensity_shifts_with_exposure_where_shading_does_not():
+    stack = np.clip(_surface_like(2) * 255, 0, 255).astype(np.uint8)
+    brighter = np.clip(stack.astype(np.float32) * 1.5, 0, 255).astype(np.uint8)
+    shading, intensity = ModelConfig(), ModelConfig(representation="intensity", mean=(0.4,) * 3, std=(0.08,) * 3)
+    assert abs(model_channels(brighter, intensity).mean() - model_channels(stack, intensity).mean()) > 1.0
+    assert abs(model_channels(brighter, shading).mean() - model_channels(stack, shading).mean()) < 0.1
+
+
+def test_model_channels_checks_the_stack_and_counts_channels():
+    stack = np.full((40, 40, 3), 100, np.uint8)
+    assert model_channels(stack, ModelConfig()).shape == (3, 40, 40)
+    assert model_channels(stack, ModelConfig(representation="shading+albedo")).shape == (4, 40, 40)
+    assert ModelConfig(representation="shading+albedo").in_channels == 4
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) stack, one image per light"):
+        model_channels(stack[..., :2], ModelConfig())
+    with pytest.raises(ValueError, match="unknown input representation 'raw'; choose from: shading"):
+        ModelConfig(representation="raw")
+    with pytest.raises(ValueError, match="decoder channels need 5"):
+        ModelConfig(decoder_channels=(64, 32))

@@ -41,8 +41,8 @@ def test_training_writes_the_run_folder(run_dir):
     assert args["command"] == "CMD" and args["labels"] == "truth" and args["profile"]["crop"] == 32
     config, _, payload = load_checkpoint(run_dir / "checkpoint.pt")
     assert config.label_source == "truth" and config.training["train_layers"] == 6
-    assert config.training["pos_weight"] > 1 and config.training["best_epoch"] == payload["epoch"]
-    assert len(config.mean) == 3 and min(config.std) > 0
+    assert config.training["pos_weight"] == TINY.pos_weight and config.training["best_epoch"] == payload["epoch"]
+    assert config.representation == "shading" and "average" in torch.load(run_dir / "last.pt", weights_only=True)
 
 
 def test_resume_continues_where_it_stopped(run_dir, tiny_prepared):
@@ -54,6 +54,48 @@ def test_resume_continues_where_it_stopped(run_dir, tiny_prepared):
     state = torch.load(run_dir / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["step"] == 3 * 3  # 6 layers, batch 2: 3 steps an epoch, counted on
     assert state["optimizer"]["state"]  # Adam moments carried over
+
+
+def test_fine_tuning_starts_from_the_model_and_keeps_its_input_and_network(tiny_run, tiny_prepared, tmp_path):
+    start, start_model, _ = load_checkpoint(tiny_run / "checkpoint.pt")
+    still = dataclasses.replace(TINY, epochs=1, lr=1e-12, representation="intensity", decoder_channels=(8,) * 5)
+    train(tiny_prepared, tmp_path, still, labels="heuristic", device_name="cpu", init=tiny_run / "checkpoint.pt")
+    config, model, _ = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (config.representation, config.decoder_channels) == (start.representation, start.decoder_channels)
+    assert config.training["init"] == str(tiny_run / "checkpoint.pt") and config.label_source == "heuristic"
+    first = "encoder.features.0.0.weight"  # a learning rate of 1e-12 leaves the weights where they started
+    torch.testing.assert_close(model.state_dict()[first], start_model.state_dict()[first])
+    assert json.loads((tmp_path / "args.json").read_text())["init"] == str(tiny_run / "checkpoint.pt")
+
+
+def test_fine_tuning_refuses_a_model_for_other_lights(tmp_path):
+    from training.inference.config import ModelConfig
+    from training.inference.model import build_model, save_checkpoint
+    from training.learning.checkpoints import initial_weights
+
+    other = ModelConfig(azimuths_deg=(0.0, 90.0, 180.0), decoder_channels=(8,) * 5)
+    save_checkpoint(tmp_path / "other.pt", other, build_model(other).state_dict())
+    with pytest.raises(ValueError, match=r"trained for lights at \[0.0, 90.0, 180.0\] degrees, the data's"):
+        initial_weights(tmp_path / "other.pt", ModelConfig())
+
+
+def test_weight_average_follows_the_model_with_a_warm_up():
+    from training.learning.averaging import WeightAverage
+
+    model = torch.nn.BatchNorm1d(2)
+    average = WeightAverage(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    model.num_batches_tracked.fill_(7)
+    average.update(model)  # first update: decay (1 + 1) / (10 + 1), so the average moves 9/11 of the way
+    torch.testing.assert_close(average.model.weight, torch.full((2,), 1.0 + 2.0 * 9 / 11))
+    assert int(average.model.num_batches_tracked) == 7  # integer buffers are copied
+    for _ in range(200):
+        average.update(model)
+    torch.testing.assert_close(average.model.weight, torch.full((2,), 3.0))
+    assert not any(p.requires_grad for p in average.model.parameters())
+    with pytest.raises(ValueError, match=r"decay must be within 0\.\.1"):
+        WeightAverage(model, decay=1.0)
 
 
 def test_resume_refuses_a_run_whose_time_budget_is_spent(run_dir, tiny_prepared):

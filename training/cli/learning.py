@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from training.cli.common import command_line, ints
+from training.inference.config import REPRESENTATIONS, ModelConfig
 
 log = logging.getLogger("training")
 
@@ -43,17 +44,35 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pos-weight",
         type=float,
-        help="BCE weight of defect pixels (default: background/defect ratio of the training labels)",
+        help="BCE weight of defect pixels (default: the profile's, 1)",
     )
     p.add_argument(
         "--pretrained", action="store_true", help="ImageNet encoder weights, only if already in the local cache"
     )
     p.add_argument("--resume", action="store_true", help="continue OUT/last.pt")
+    p.add_argument(
+        "--init",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="start from this model's weights, input and network (fine-tuning, e.g. a synthetic model on your own "
+        "prepared layers); it must be trained for the same light azimuths",
+    )
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--max-minutes", type=float, help="override the profile's time budget")
     p.add_argument("--batch-size", type=int, help="override the profile's batch size")
     p.add_argument("--crop", type=int, help="override the profile's training crop size (a multiple of 32)")
     p.add_argument("--repeats", type=int, help="override the profile's crops per layer per epoch")
+    p.add_argument("--lr", type=float, help="override the profile's peak learning rate")
+    p.add_argument(
+        "--representation",
+        choices=tuple(REPRESENTATIONS),
+        help=f"the model's input derived from the three images (default: {ModelConfig.representation})",
+    )
+    p.add_argument(
+        "--decoder",
+        help="U-Net decoder widths, deepest first, e.g. 128,64,32,16,8 "
+        f"(default: the profile's, else {','.join(map(str, ModelConfig.decoder_channels))})",
+    )
     p.add_argument("--loader-workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
     p.set_defaults(run=run_train)
 
@@ -67,6 +86,9 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> str:
         "batch_size": args.batch_size,
         "crop": args.crop,
         "repeats": args.repeats,
+        "lr": args.lr,
+        "representation": args.representation,
+        "decoder_channels": tuple(ints(args.decoder)) if args.decoder else None,
     }
     profile = dataclasses.replace(check_profile(args.profile), **{k: v for k, v in overrides.items() if v is not None})
     summary = train(
@@ -82,6 +104,7 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> str:
         resume=args.resume,
         loader_workers=args.loader_workers,
         command=command_line(argv),
+        init=args.init,
     )
     if not summary:  # not the main process of a distributed run
         return ""

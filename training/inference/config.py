@@ -17,6 +17,10 @@ from typing import Any
 from training.inference import serialize
 
 ENCODERS = ("mobilenet_v2",)
+# What the model sees (see `preprocess`), with the number of input channels of each.
+REPRESENTATIONS = {"shading": 3, "shading+albedo": 4, "intensity": 3}
+# smp's default U-Net decoder; a narrower one (e.g. (128, 64, 32, 16, 8)) is most of the saving on a CPU.
+SMP_DECODER = (256, 128, 64, 32, 16)
 # The lights our generator renders and `prepare` assumes when told nothing; a prepared folder records its own.
 DEFAULT_AZIMUTHS_DEG = (0.0, 120.0, 240.0)
 # Tiled inference of layers larger than the config's tile (the serving defaults in ServingConfig too).
@@ -27,9 +31,11 @@ TILE_BATCH = 4  # tiles per forward pass
 @dataclass(frozen=True)
 class ModelConfig:
     encoder: str = "mobilenet_v2"
-    in_channels: int = 3
+    decoder_channels: tuple[int, ...] = SMP_DECODER  # U-Net decoder widths, deepest first
     classes: int = 1
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per light channel, after scaling pixels to 0..1
+    representation: str = "shading"  # the model's input, derived from the three images (see `preprocess`)
+    background_sigma_px: float = 32.0  # shading: the scale of the background taken out of each channel
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # intensity: per light channel, pixels scaled to 0..1
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     tile_size: int = 512  # inference works on tiles of this size (larger images are tiled)
     size_multiple: int = 32  # the U-Net needs sides divisible by this; inputs are padded
@@ -39,14 +45,26 @@ class ModelConfig:
     label_source: str = "truth"
     training: dict[str, Any] = field(default_factory=dict)  # data summary: folder, layers, label density, ...
     quantization: dict[str, Any] | None = None  # set by `quantize` for int8 variants
+    # Each capture statistic's range over the training layers (`familiarity.statistics_range`), recorded at
+    # training time; None for models trained before it was: serving then checks only the flagged share.
+    input_ranges: dict[str, tuple[float, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; choose from: {', '.join(ENCODERS)}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be strictly between 0 and 1, got {self.threshold}")
-        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels or min(self.std) <= 0:
-            raise ValueError(f"mean and std need {self.in_channels} values each, std positive: {self.mean}, {self.std}")
+        if self.representation not in REPRESENTATIONS:
+            raise ValueError(
+                f"unknown input representation {self.representation!r}; choose from: {', '.join(REPRESENTATIONS)}"
+            )
+        lights = len(self.azimuths_deg)
+        if len(self.mean) != lights or len(self.std) != lights or min(self.std) <= 0:
+            raise ValueError(f"mean and std need {lights} values each, std positive: {self.mean}, {self.std}")
+        if self.background_sigma_px < 4:
+            raise ValueError(f"background sigma must be at least 4 pixels, got {self.background_sigma_px}")
+        if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
+            raise ValueError(f"decoder channels need 5 positive widths, deepest first, got {self.decoder_channels}")
         if self.tile_size % self.size_multiple:
             raise ValueError(f"tile size {self.tile_size} must be a multiple of {self.size_multiple}")
 
@@ -65,6 +83,11 @@ class ModelConfig:
     def with_decision(self, decision: Decision) -> ModelConfig:
         """The served config: this one with the threshold `evaluate` chose."""
         return self.replace(threshold=decision.threshold, threshold_rule=decision.rule)
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the model's input: fixed by the representation."""
+        return REPRESENTATIONS[self.representation]
 
     @property
     def image_fields(self) -> tuple[str, ...]:

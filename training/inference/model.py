@@ -25,7 +25,13 @@ TORCHVISION_WEIGHTS = {"mobilenet_v2": ("mobilenet_v2-b0353104.pth", "mobilenet_
 def build_model(config: ModelConfig) -> nn.Module:
     import segmentation_models_pytorch as smp
 
-    return smp.Unet(config.encoder, encoder_weights=None, in_channels=config.in_channels, classes=config.classes)
+    return smp.Unet(
+        config.encoder,
+        encoder_weights=None,
+        decoder_channels=config.decoder_channels,
+        in_channels=config.in_channels,
+        classes=config.classes,
+    )
 
 
 def cached_encoder_weights(encoder: str) -> Path | None:

@@ -1,12 +1,31 @@
-"""Three light images -> the model's input tensor. Shared by training, evaluation and serving (no training-only
-dependencies): scale by bit depth, normalise per channel with the ModelConfig's statistics, pad to the size the
-U-Net needs."""
+"""Three light images -> the model's input tensor. Shared by training, evaluation, serving and the benches (no
+training-only dependencies): one function, `model_channels`, derives the input from the ModelConfig's
+representation; `pad_to_multiple` pads to the sides the U-Net needs.
+
+Representations (`ModelConfig.representation`):
+- "shading": the log ratio of each light's image to the geometric mean of the three, less its large-scale
+  background, divided by the layer's robust spread. What a pixel's reflectance, the exposure, the camera gain,
+  vignetting and a power-law response do to the three images alike cancels in the ratio; a light's own gain and
+  fall-off cancel with the background; the response's exponent and the light elevation's overall contrast cancel
+  with the spread. What remains is shading: how the surface's slope and shadows differ between the lights,
+  which is what defects change.
+- "shading+albedo": the same three channels and a fourth, the log of the mean image less its background, divided
+  by its robust spread: local reflectance contrast (dark spatter, exposed previous layer), free of exposure and
+  vignetting.
+- "intensity": pixels scaled to 0..1 and standardised with the training set's channel mean and deviation: the
+  prototype's input, kept to compare against. It transfers poorly: a brighter camera shifts every pixel.
+"""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from training.inference.config import ModelConfig
+
+SHADOW_FLOOR = 0.02  # added to every pixel before the log, as a share of the layer's median level
+CLIP = 8.0  # robust standard deviations: glints and deep shadows saturate here
+STATISTICS_STRIDE = 4  # medians and spreads are taken on every 4th pixel of every 4th row
 
 
 def to_unit(stack: np.ndarray) -> np.ndarray:
@@ -18,13 +37,58 @@ def to_unit(stack: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected 8- or 16-bit pixels, got {stack.dtype}")
 
 
+def model_channels(stack: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """(H, W, 3) uint8/uint16 stack of the three lights -> (C, H, W) float32 model input for the config's
+    representation. Statistics are taken over the whole layer, so tiles of a large layer see one input."""
+    lights = len(config.azimuths_deg)
+    if stack.ndim != 3 or stack.shape[2] != lights:
+        raise ValueError(f"expected an (H, W, {lights}) stack, one image per light, got shape {stack.shape}")
+    unit = to_unit(stack)
+    if config.representation == "intensity":
+        return normalize(unit, config)
+    channels = shading_channels(unit, config.background_sigma_px, albedo=config.representation == "shading+albedo")
+    return np.ascontiguousarray(channels.transpose(2, 0, 1))
+
+
 def normalize(unit: np.ndarray, config: ModelConfig) -> np.ndarray:
     """(H, W, C) float in 0..1 -> (C, H, W) float32 standardised with the config's mean and std."""
-    if unit.ndim != 3 or unit.shape[2] != config.in_channels:
-        raise ValueError(f"expected an (H, W, {config.in_channels}) stack, got shape {unit.shape}")
+    if unit.ndim != 3 or unit.shape[2] != len(config.mean):
+        raise ValueError(f"expected an (H, W, {len(config.mean)}) stack, got shape {unit.shape}")
     mean = np.asarray(config.mean, dtype=np.float32)
     std = np.asarray(config.std, dtype=np.float32)
     return np.ascontiguousarray(((unit - mean) / std).transpose(2, 0, 1))
+
+
+def shading_channels(unit: np.ndarray, background_sigma_px: float, albedo: bool = False) -> np.ndarray:
+    """(H, W, 3) float in 0..1 -> (H, W, 3) shading channels, or (H, W, 4) with the albedo channel."""
+    level = float(np.median(unit[::STATISTICS_STRIDE, ::STATISTICS_STRIDE]))
+    logs = np.log(unit + max(SHADOW_FLOOR * level, 1e-4))
+    mean_log = logs.mean(axis=2)
+    ratios = logs - mean_log[..., None]
+    ratios -= background(ratios, background_sigma_px)
+    parts = [ratios / robust_spread(ratios)]
+    if albedo:
+        contrast = mean_log - background(mean_log, background_sigma_px)
+        parts.append((contrast / robust_spread(contrast))[..., None])
+    out = np.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]
+    return np.clip(out, -CLIP, CLIP).astype(np.float32, copy=False)
+
+
+def background(image: np.ndarray, sigma_px: float) -> np.ndarray:
+    """The large-scale part of an (H, W) or (H, W, C) image: a Gaussian blur of `sigma_px`, computed on a reduced
+    copy (the result is smooth at that scale, so nothing is lost) and brought back to full size."""
+    h, w = image.shape[:2]
+    factor = max(1, int(sigma_px // 4))
+    small = cv2.resize(image, (max(1, w // factor), max(1, h // factor)), interpolation=cv2.INTER_AREA)
+    small = cv2.GaussianBlur(small, (0, 0), sigma_px / factor, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(image.shape)
+
+
+def robust_spread(values: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation of a strided sample (the standard deviation, for normal values)."""
+    sample = values[::STATISTICS_STRIDE, ::STATISTICS_STRIDE].ravel()
+    deviation = np.median(np.abs(sample - np.median(sample)))
+    return max(1.4826 * float(deviation), 1e-6)
 
 
 def pad_to_multiple(chw: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -39,7 +103,7 @@ def pad_to_multiple(chw: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[i
 
 
 def channel_statistics(stacks: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and standard deviation of stacks scaled to 0..1 (for a new ModelConfig)."""
+    """Per-channel mean and standard deviation of stacks scaled to 0..1 (for an "intensity" ModelConfig)."""
     total = np.zeros(3, np.float64)
     squares = np.zeros(3, np.float64)
     count = 0

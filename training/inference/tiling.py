@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from training.inference.config import TILE_BATCH, TILE_OVERLAP, ModelConfig
-from training.inference.preprocess import normalize, pad_to_multiple, to_unit
+from training.inference.preprocess import model_channels, pad_to_multiple
 
 
 def model_input(stack: np.ndarray, config: ModelConfig) -> tuple[torch.Tensor, tuple[int, int]]:
-    """(H, W, 3) uint8/uint16 stack -> (1, 3, H', W') normalised, padded input and the (H, W) to crop back to."""
-    chw, size = pad_to_multiple(normalize(to_unit(stack), config), config.size_multiple)
+    """(H, W, 3) uint8/uint16 stack -> (1, C, H', W') padded model input and the (H, W) to crop back to."""
+    chw, size = pad_to_multiple(model_channels(stack, config), config.size_multiple)
     return torch.from_numpy(chw)[None], size
 
 
@@ -64,7 +64,7 @@ def predict_tiled(
         return predict_probabilities(model, stack, config, device)
     if not 0 <= overlap < tile:
         raise ValueError(f"tile overlap must be within 0..{tile - 1}, got {overlap}")
-    chw = normalize(to_unit(stack), config)  # (3, H, W)
+    chw = model_channels(stack, config)  # (C, H, W), statistics of the whole layer
     ph, pw = max(0, tile - h), max(0, tile - w)  # a side shorter than a tile is padded up to one
     if ph or pw:
         chw = np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode="reflect")

@@ -1,7 +1,7 @@
-"""Training augmentation with albumentations: crops biased towards defects, lighting-consistent flips and
-rotations, and photometric drift that differs per light (gain, gamma, noise, blur), as real lights drift.
+"""Training augmentation with albumentations, on the model's input (see `preprocess.model_channels`): crops
+biased towards defects, lighting-consistent flips and rotations, and per-channel jitter.
 
-Images enter as float32 (H, W, 3) in 0..1 (see `preprocess.to_unit`); masks as uint8 (H, W).
+Images enter as float (H, W, C) model input; masks as uint8 (H, W).
 """
 
 from __future__ import annotations
@@ -38,19 +38,20 @@ class LightSymmetry(DualTransform):
         return ("azimuths_deg",)
 
 
-class PerLightDrift(ImageOnlyTransform):
-    """Independent gain, gamma, Gaussian noise and slight blur for each light channel (float images in 0..1)."""
+class InputJitter(ImageOnlyTransform):
+    """Independent gain, Gaussian noise and slight blur for each channel of the model's input (in its units: robust
+    standard deviations for shading). The renderer draws the physics of each layer; this adds variation within
+    a layer's draw."""
 
     def __init__(
         self,
-        gain: tuple[float, float] = (0.85, 1.15),
-        gamma: tuple[float, float] = (0.85, 1.2),
-        noise_std: tuple[float, float] = (0.0, 0.02),
+        gain: tuple[float, float] = (0.8, 1.25),
+        noise_std: tuple[float, float] = (0.0, 0.3),
         blur_sigma: tuple[float, float] = (0.0, 0.8),
         p: float = 0.8,
     ):
         super().__init__(p=p)
-        self.gain, self.gamma, self.noise_std, self.blur_sigma = gain, gamma, noise_std, blur_sigma
+        self.gain, self.noise_std, self.blur_sigma = gain, noise_std, blur_sigma
 
     def get_params(self) -> dict[str, Any]:
         rng = self.random_generator
@@ -58,23 +59,21 @@ class PerLightDrift(ImageOnlyTransform):
 
     def apply(self, img: np.ndarray, seed: int = 0, **params: Any) -> np.ndarray:
         rng = np.random.default_rng(seed)
-        out = np.empty_like(img, dtype=np.float32)
+        out = np.empty(img.shape, dtype=np.float32)
         for k in range(img.shape[2]):
-            channel = np.clip(img[:, :, k].astype(np.float32), 0.0, 1.0)
-            channel = rng.uniform(*self.gain) * channel ** rng.uniform(*self.gamma)
+            channel = img[:, :, k].astype(np.float32) * rng.uniform(*self.gain)
             sigma = rng.uniform(*self.blur_sigma)
             if sigma > 0.3:
                 channel = cv2.GaussianBlur(channel, (0, 0), sigma)
-            channel = channel + rng.normal(0.0, rng.uniform(*self.noise_std), channel.shape).astype(np.float32)
-            out[:, :, k] = np.clip(channel, 0.0, 1.0)
+            out[:, :, k] = channel + rng.normal(0.0, rng.uniform(*self.noise_std), channel.shape).astype(np.float32)
         return out
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("gain", "gamma", "noise_std", "blur_sigma")
+        return ("gain", "noise_std", "blur_sigma")
 
 
 def training_transform(crop: int, azimuths_deg: Sequence[float], defect_crop_share: float = 0.5) -> A.Compose:
-    """Random crop (a share of them centred on labelled pixels), lighting symmetry, per-light drift."""
+    """Random crop (a share of them centred on labelled pixels), lighting symmetry, per-channel jitter."""
     crop_step = A.OneOf(
         [
             A.RandomCrop(crop, crop, p=1.0 - defect_crop_share),
@@ -82,4 +81,4 @@ def training_transform(crop: int, azimuths_deg: Sequence[float], defect_crop_sha
         ],
         p=1.0,
     )
-    return A.Compose([crop_step, LightSymmetry(azimuths_deg), PerLightDrift()])
+    return A.Compose([crop_step, LightSymmetry(azimuths_deg), InputJitter()])

@@ -1,7 +1,9 @@
 """What a run folder keeps so that the best model can be served and the run resumed.
 
-- `checkpoint.pt`: the best epoch by validation F1: ModelConfig (with `best_epoch` and its scores) and weights.
-- `last.pt`: the latest epoch's full state: weights, optimiser, gradient scaler and `RunState`, read by --resume.
+- `checkpoint.pt`: the best epoch by validation F1: ModelConfig (with `best_epoch` and its scores) and the averaged
+  weights.
+- `last.pt`: the latest epoch's full state: weights, optimiser, gradient scaler, weight average and `RunState`, read
+  by --resume.
 - `args.json`: the resolved arguments of the command that started the run, with each resumption noted after it.
 """
 
@@ -17,7 +19,8 @@ import torch
 
 from training.inference.config import ModelConfig
 from training.inference.images import write_json
-from training.inference.model import save_checkpoint
+from training.inference.model import load_checkpoint, save_checkpoint
+from training.learning.averaging import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +50,11 @@ def load_last(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
+    average: WeightAverage,
     device: torch.device,
 ) -> tuple[RunState, ModelConfig]:
-    """Restore weights, optimiser and scaler from out_dir/last.pt in place; return the state to continue from and
-    the ModelConfig the run started with."""
+    """Restore weights, optimiser, scaler and weight average from out_dir/last.pt in place; return the state to
+    continue from and the ModelConfig the run started with."""
     last = Path(out_dir) / "last.pt"
     if not last.exists():
         raise FileNotFoundError(f"--resume: {last} not found")
@@ -58,6 +62,7 @@ def load_last(
     model.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
     scaler.load_state_dict(payload["scaler"])
+    average.load_state_dict(payload["average"])
     state = RunState(
         epochs_done=payload["epoch"] + 1,
         step=payload["step"],
@@ -76,12 +81,13 @@ def save_last(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
+    average: WeightAverage,
     state: RunState,
     seconds: float,
 ) -> None:
     """Write last.pt: everything --resume needs to continue after the epoch just finished."""
     save_checkpoint(Path(out_dir) / "last.pt", config, model.state_dict(), optimizer=optimizer.state_dict(),
-                    scaler=scaler.state_dict(), step=state.step, epoch=state.epochs_done - 1, best_f1=state.best_f1,
+                    scaler=scaler.state_dict(), average=average.state_dict(), step=state.step, epoch=state.epochs_done - 1, best_f1=state.best_f1,
                     stale=state.stale, rows=state.rows, seconds=seconds)  # fmt: skip
 
 
@@ -89,6 +95,25 @@ def save_best(out_dir: Path, config: ModelConfig, model: torch.nn.Module, epoch:
     """Write checkpoint.pt for `epoch` (counted from 1), its validation scores recorded in the ModelConfig."""
     best_config = config.replace(training={**config.training, "best_epoch": epoch, "val": scores})
     save_checkpoint(Path(out_dir) / "checkpoint.pt", best_config, model.state_dict(), epoch=epoch)
+
+
+# What a fine-tuned model keeps from the model it starts from: everything that shapes its input and its network.
+INHERITED = ("encoder", "decoder_channels", "classes", "representation", "background_sigma_px", "mean", "std")
+
+
+def initial_weights(init: Path, config: ModelConfig) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """For `train --init`: the new run's config with the starting model's input and network (INHERITED), and that
+    model's weights. Refuses a model trained for other light azimuths: its channels would mean other lights."""
+    start, model, _ = load_checkpoint(init)
+    if tuple(start.azimuths_deg) != tuple(config.azimuths_deg):
+        raise ValueError(
+            f"{init} was trained for lights at {list(start.azimuths_deg)} degrees, the data's lights are at "
+            f"{list(config.azimuths_deg)}: render synthetic layers for these lights (`python -m training synth "
+            f"--lights ...`) and train from them, or prepare the data with the model's light order"
+        )
+    inherited = {name: getattr(start, name) for name in INHERITED}
+    training = {**config.training, "init": str(init), "init_label_source": start.label_source}
+    return config.replace(**inherited, training=training), model.state_dict()
 
 
 def run_arguments(args: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from training.inference.config import ModelConfig
 from training.inference.images import read_png_array
-from training.inference.preprocess import normalize, to_unit
+from training.inference.preprocess import model_channels
 
 LABEL_SOURCES = ("heuristic", "truth", "masks")
 
@@ -69,19 +69,21 @@ def load_split(data_dir: Path, split: str, labels: str, masks_dir: Path | None =
 
 
 class TrainingCrops(Dataset):
-    """Random augmented crops; one epoch visits every layer `repeats` times."""
+    """Random augmented crops of the model's input; one epoch visits every layer `repeats` times. Each layer's
+    input is derived once, from the whole layer (as inference does), and kept as float16 (H, W, C)."""
 
     def __init__(self, records: list[LayerRecord], config: ModelConfig, transform: A.Compose, repeats: int = 1):
         if not records:
             raise ValueError("no training layers: is the train split empty? (check manifest.csv)")
         self.records, self.config, self.transform, self.repeats = records, config, transform, repeats
+        self.inputs = [model_channels(r.stack, config).transpose(1, 2, 0).astype(np.float16) for r in records]
 
     def __len__(self) -> int:
         return len(self.records) * self.repeats
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        record = self.records[index % len(self.records)]
-        out = self.transform(image=to_unit(record.stack), mask=record.label)
-        image = normalize(out["image"], self.config)  # (3, h, w)
+        k = index % len(self.records)
+        out = self.transform(image=self.inputs[k], mask=self.records[k].label)
+        image = np.ascontiguousarray(out["image"].transpose(2, 0, 1), dtype=np.float32)  # (C, h, w)
         mask = out["mask"].astype(np.float32)[None]  # (1, h, w)
         return {"image": torch.from_numpy(image), "mask": torch.from_numpy(np.ascontiguousarray(mask))}

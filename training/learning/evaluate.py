@@ -111,7 +111,7 @@ def detection_scores(predicted: list[np.ndarray], records: list[LayerRecord]) ->
     """Pixel and defect-level scores of predictions against truth (per class) and against the heuristic labels."""
     truth, heuristic = Counts(), Counts()
     found = {name: [0, 0] for name in CLASSES}
-    all_found = all_total = 0
+    all_found = all_touched = all_total = 0
     for mask, record in zip(predicted, records, strict=True):
         heuristic = heuristic + confusion(mask, record.heuristic > 0)
         if record.truth is None:
@@ -119,16 +119,21 @@ def detection_scores(predicted: list[np.ndarray], records: list[LayerRecord]) ->
         truth = truth + confusion(mask, record.truth > 0)
         for class_id, name in enumerate(CLASSES, start=1):
             f, n = components_found(mask, record.truth == class_id)
+            touched, _ = components_found(mask, record.truth == class_id, coverage=0.0)
             found[name][0] += f
             found[name][1] += n
-            all_found, all_total = all_found + f, all_total + n
+            all_found, all_touched, all_total = all_found + f, all_touched + touched, all_total + n
 
     def pixel(c: Counts) -> dict[str, float]:
         return {"precision": c.precision(), "recall": c.recall(), "f1": c.f1(), "iou": c.iou()}
 
     has_truth = any(r.truth is not None for r in records)
     return {
-        "vs_truth": {**pixel(truth), "defect_recall": all_found / all_total if all_total else None}
+        "vs_truth": {
+            **pixel(truth),
+            "defect_recall": all_found / all_total if all_total else None,
+            "defect_recall_touched": all_touched / all_total if all_total else None,
+        }
         if has_truth
         else None,
         "vs_heuristic": pixel(heuristic),

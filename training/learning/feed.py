@@ -53,16 +53,21 @@ def initial_config(
     pretrained: bool,
 ) -> tuple[ModelConfig, float, float]:
     """The new model's config (input statistics of the training layers, light azimuths, training facts), the
-    label density of the training layers and the BCE weight of defect pixels (given, or from that density)."""
+    label density of the training layers and the BCE weight of defect pixels (given, else the profile's, else from
+    that density)."""
     density = float(np.mean([r.label.mean() for r in train_records]))
-    weight = pos_weight if pos_weight is not None else pos_weight_from_density(density)
-    mean, std = channel_statistics([r.stack for r in train_records])
+    if pos_weight is None:
+        pos_weight = profile.pos_weight if profile.pos_weight is not None else pos_weight_from_density(density)
+    weight = pos_weight
+    model = {"representation": profile.representation} if profile.representation else {}
+    if profile.decoder_channels:
+        model["decoder_channels"] = profile.decoder_channels
+    if ModelConfig(**model).representation == "intensity":
+        model["mean"], model["std"] = channel_statistics([r.stack for r in train_records])
     training = {"data": str(data_dir), "profile": profile.profile, "train_layers": len(train_records),
                 "val_layers": len(val_records), "label_density": round(density, 6), "pos_weight": round(weight, 3),
                 "seed": seed, "pretrained": pretrained}  # fmt: skip
-    config = ModelConfig(
-        mean=mean, std=std, azimuths_deg=dataset_azimuths(data_dir), label_source=labels, training=training
-    )
+    config = ModelConfig(**model, azimuths_deg=dataset_azimuths(data_dir), label_source=labels, training=training)
     return config, density, weight
 
 

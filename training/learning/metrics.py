@@ -59,10 +59,16 @@ def confusion(predicted: np.ndarray, reference: np.ndarray) -> Counts:
     return Counts(tp, fp, fn, int(p.size - tp - fp - fn))
 
 
-def components_found(predicted: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
-    """(found, total): connected components of `reference` that any predicted pixel touches."""
+FOUND_COVERAGE = 0.25  # a true defect counts as found when the predicted mask covers at least this share of it
+
+
+def components_found(predicted: np.ndarray, reference: np.ndarray, coverage: float = FOUND_COVERAGE) -> tuple[int, int]:
+    """(found, total): connected components of `reference` of which `predicted` covers at least `coverage` of the
+    pixels; with coverage 0, those that any predicted pixel touches (the looser figure)."""
     n, labels = cv2.connectedComponents(reference.astype(np.uint8), connectivity=8)
     if n <= 1:
         return 0, 0
-    hit = np.unique(labels[predicted.astype(bool) & (labels > 0)])
-    return len(hit), n - 1
+    sizes = np.bincount(labels.ravel(), minlength=n)[1:]
+    covered = np.bincount(labels[predicted.astype(bool) & (labels > 0)], minlength=n)[1:]
+    found = covered > 0 if coverage <= 0 else covered >= coverage * sizes
+    return int(found.sum()), n - 1

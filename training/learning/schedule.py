@@ -26,6 +26,10 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget for the loop (validation included)
     defect_crop_share: float = 0.5
     max_val_layers: int | None = None
+    average_decay: float = 0.99  # exponential moving average of the weights per step (0: none); see averaging
+    pos_weight: float | None = 1.0  # BCE weight of defect pixels; None: the labels' background/defect ratio
+    representation: str | None = None  # the model's input; None: ModelConfig's default
+    decoder_channels: tuple[int, ...] | None = None  # U-Net decoder widths; None: ModelConfig's default
 
     def __post_init__(self) -> None:
         if self.crop % 32 or self.crop < 32:

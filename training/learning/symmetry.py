@@ -36,9 +36,10 @@ class LightingTransform:
     permutation: tuple[int, ...]  # channel k of the input becomes channel permutation[k] of the output
 
     def apply_to_stack(self, stack: np.ndarray) -> np.ndarray:
-        """(H, W, C) -> transformed pixels, channels permuted to keep channel k lit from azimuth k."""
+        """(H, W, C) -> transformed pixels, channels permuted to keep channel k lit from azimuth k; channels past
+        the lights' (a representation's extra channels) move with the pixels only."""
         moved = _ELEMENTS[self.name][1](stack)
-        out = np.empty_like(moved)
+        out = np.array(moved)  # a copy: the extra channels keep their place
         for k, target in enumerate(self.permutation):
             out[..., target] = moved[..., k]
         return out

@@ -1,5 +1,6 @@
-"""The training loop: AdamW with warm-up and cosine decay, Dice + BCE, validation every epoch, best checkpoint by
-validation F1, early stopping, resume, and DistributedDataParallel when started with torchrun.
+"""The training loop: AdamW with warm-up and cosine decay, Dice + BCE, an average of the weights, validation of that
+average every epoch, best checkpoint by validation F1, early stopping, resume, and DistributedDataParallel when
+started with torchrun.
 
 Run folder: `checkpoint.pt` (best: ModelConfig + weights), `last.pt` (full state for --resume), `metrics.csv`,
 `tb/` (TensorBoard), `curves.png`, `args.json` (resolved arguments and profile).
@@ -26,7 +27,8 @@ from tqdm import tqdm
 
 from training.inference.config import ModelConfig
 from training.inference.model import build_model, load_pretrained_encoder
-from training.learning.checkpoints import RunState, load_last, save_best, save_last, write_args
+from training.learning.averaging import WeightAverage
+from training.learning.checkpoints import RunState, initial_weights, load_last, save_best, save_last, write_args
 from training.learning.dataset import LayerRecord
 from training.learning.devices import Processes, finish, resolve_device, shared_elapsed, shared_flag, start
 from training.learning.feed import Feed, initial_config, load_records
@@ -60,6 +62,7 @@ class Run:
     config: ModelConfig
     model: torch.nn.Module
     net: torch.nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
+    average: WeightAverage  # what validation scores and checkpoint.pt keeps
     feed: Feed
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -74,7 +77,7 @@ class Run:
 
 def setup(data_dir: Path, out_dir: Path, profile: TrainConfig, labels: str, masks_dir: Path | None,
           device_name: str, seed: int, pos_weight: float | None, pretrained: bool, resume: bool, loader_workers: int,
-          command: str) -> Run:  # fmt: skip
+          command: str, init: Path | None = None) -> Run:  # fmt: skip
     """Device and processes, seeds, data, model, optimiser and scaler, restored from last.pt on resume; on the main
     process also args.json and the history. The order is the order of random draws: keep it."""
     processes, device = start(device_name)
@@ -83,8 +86,13 @@ def setup(data_dir: Path, out_dir: Path, profile: TrainConfig, labels: str, mask
     config, density, weight = initial_config(
         data_dir, train_records, val_records, labels, profile, seed, pos_weight, pretrained
     )
+    weights = None
+    if init is not None and not resume:
+        config, weights = initial_weights(init, config)
     model = build_model(config)
-    if pretrained:
+    if weights is not None:
+        model.load_state_dict(weights)
+    elif pretrained:
         loaded = load_pretrained_encoder(model, config.encoder)
         config = config.replace(training={**config.training, "pretrained": loaded})
     model.to(device)
@@ -92,17 +100,19 @@ def setup(data_dir: Path, out_dir: Path, profile: TrainConfig, labels: str, mask
     feed = Feed.build(train_records, config, profile, processes, seed, loader_workers)
     optimizer = torch.optim.AdamW(net.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    average = WeightAverage(model, profile.average_decay)
     state = RunState()
     if resume:
-        state, config = load_last(out_dir, model, optimizer, scaler, device)
-    run = Run(profile, processes, device, out_dir, seed, weight, config, model, net, feed, optimizer, scaler,
-              val_records, state)  # fmt: skip
+        state, config = load_last(out_dir, model, optimizer, scaler, average, device)
+    run = Run(profile, processes, device, out_dir, seed, weight, config, model, net, average, feed, optimizer,
+              scaler, val_records, state)  # fmt: skip
 
     if processes.main:
         out_dir.mkdir(parents=True, exist_ok=True)
         args = {"command": command, "data": str(data_dir), "labels": labels, "masks": str(masks_dir) if masks_dir else None,
                 "device": str(device), "world_size": processes.world, "seed": seed, "pos_weight": weight,
-                "pretrained": pretrained, "resume": resume, "profile": dataclasses.asdict(profile),
+                "pretrained": pretrained, "resume": resume, "init": str(init) if init else None,
+                "profile": dataclasses.asdict(profile),
                 "model_config": config.to_dict()}  # fmt: skip
         write_args(out_dir, args, resume)
         run.history = History(out_dir, state.rows)  # appends to state.rows, which last.pt saves
@@ -128,6 +138,7 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> float:
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
     run.scaler.update()
+    run.average.update(run.model)
     run.state.step += 1
     return float(loss.detach())
 
@@ -156,14 +167,15 @@ def end_epoch(run: Run, epoch: int, losses: list[float], started: float) -> bool
     """On the main process: validate, record the epoch, save checkpoint.pt when it is the best and last.pt always;
     returns whether to stop (patience or time budget spent)."""
     assert run.history is not None, "only the main process ends an epoch"
-    scores = validate(run.model, run.val_records, run.config, run.device).row()
+    scores = validate(run.average.model, run.val_records, run.config, run.device).row()
     lr = run.optimizer.param_groups[0]["lr"]
     row = epoch_row(epoch + 1, losses, lr, scores, time.perf_counter() - started)
     run.history.add(row)
     improved = run.state.score(row["f1"])
     if improved:
-        save_best(run.out_dir, run.config, run.model, epoch + 1, scores)
-    save_last(run.out_dir, run.config, run.model, run.optimizer, run.scaler, run.state, time.perf_counter() - started)
+        save_best(run.out_dir, run.config, run.average.model, epoch + 1, scores)
+    save_last(run.out_dir, run.config, run.model, run.optimizer, run.scaler, run.average, run.state,
+              time.perf_counter() - started)  # fmt: skip
     log.info(
         "epoch %d: loss %.4f, val P %.3f R %.3f F1 %.3f IoU %.3f defect recall %.3f%s",
         epoch + 1, row["train_loss"], row["precision"], row["recall"], row["f1"], row["iou"], row["defect_recall"],
@@ -191,12 +203,13 @@ def train(
     resume: bool = False,
     loader_workers: int = 0,
     command: str = "",
+    init: Path | None = None,
 ) -> dict[str, Any]:
-    """Train a model on a prepared folder; returns a summary of the best epoch (empty on processes other than the
-    main one)."""
+    """Train a model on a prepared folder, from scratch or (`init`) from another model's weights; returns a summary
+    of the best epoch (empty on processes other than the main one)."""
     out_dir = Path(out_dir)
     run = setup(data_dir, out_dir, profile, labels, masks_dir, device_name, seed, pos_weight, pretrained, resume,
-                loader_workers, command)  # fmt: skip
+                loader_workers, command, init)  # fmt: skip
     started = time.perf_counter() - run.state.seconds
     run.net.train()
     for epoch in range(run.state.epochs_done, profile.epochs):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from training.inference.images import write_atomic
+from training.learning.metrics import FOUND_COVERAGE
 from training.renderer.defects import CLASSES
 from training.reports.figures import display_stack, error_overlay, pyplot, save_png
 from training.reports.provenance import produced_by
@@ -73,10 +74,10 @@ def plot_examples(results: list[Evaluation], path: Path, n: int = 3) -> None:
 def _row(name: str, threshold: str, s: dict[str, Any]) -> str:
     t, h = s["vs_truth"], s["vs_heuristic"]
     if t is None:  # real data: no exact truth
-        truth_cells = "n/a | n/a | n/a | n/a | n/a"
+        truth_cells = "n/a | n/a | n/a | n/a | n/a | n/a"
     else:
-        dr = "n/a" if t["defect_recall"] is None else f"{t['defect_recall']:.3f}"
-        truth_cells = f"{t['precision']:.3f} | {t['recall']:.3f} | {t['f1']:.3f} | {t['iou']:.3f} | {dr}"
+        dr, touched = ("n/a" if t[k] is None else f"{t[k]:.3f}" for k in ("defect_recall", "defect_recall_touched"))
+        truth_cells = f"{t['precision']:.3f} | {t['recall']:.3f} | {t['f1']:.3f} | {t['iou']:.3f} | {dr} | {touched}"
     return f"| {name} | {threshold} | {truth_cells} | {h['precision']:.3f} | {h['recall']:.3f} | {h['f1']:.3f} |"
 
 
@@ -133,14 +134,15 @@ def render(
             f"Test split: {test_layers} synthetic layers, never seen in training or threshold selection. Each model's "
             "threshold was chosen on the validation split against the labels it was trained on (what a user without "
             "truth can do) and written to decision.json beside its checkpoint. Pixel scores are micro-averaged; a true "
-            "defect counts as found when a predicted component overlaps it, so a detector with many false alarms "
-            "scores well on defect recall: read it next to precision.",
+            f"defect counts as found when the predicted mask covers at least {FOUND_COVERAGE:.0%} of it (defect "
+            "recall), or any pixel of it (touched: the looser figure, which a detector with many false alarms scores "
+            "well on).",
             "",
             "## Pixel and defect-level scores",
             "",
-            "| detector | threshold | P vs truth | R vs truth | F1 vs truth | IoU vs truth | defect recall | "
+            "| detector | threshold | P vs truth | R vs truth | F1 vs truth | IoU vs truth | defect recall | touched | "
             "P vs heuristic | R vs heuristic | F1 vs heuristic |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             "## Defect-level recall per class (vs truth)",
