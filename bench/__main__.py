@@ -1,4 +1,5 @@
-"""python -m bench model | serving | load | matrix: every benchmark of the project, each writing one document."""
+"""python -m bench model | serving | load | matrix | second-renderer | generalization: every benchmark of the project,
+each writing one document."""
 
 from __future__ import annotations
 
@@ -203,7 +204,72 @@ def run_second_renderer(args: argparse.Namespace, argv: list[str]) -> str:
     )
 
 
-COMMANDS = (add_model, add_serving, add_load, add_matrix, add_second_renderer)
+def add_generalization(sub: argparse._SubParsersAction) -> None:
+    from training.learning.schedule import PROFILES
+
+    p = sub.add_parser(
+        "generalization",
+        help="train on our generator's layers, test on layers rendered differently; writes docs/generalization.md",
+        description="Render training sets with fixed and with randomised physics, train one model per input "
+        "representation and training set (its threshold chosen on its own val layers), then score every model on "
+        "held-out test sets: other light elevations, grain and exposure, 16-bit images, another pixel pitch and the "
+        "second renderer. Data and models under --work are reused while their settings match.",
+    )
+    p.add_argument("--work", type=Path, default=Path("data/generalization"),
+                   help="data and runs (default: data/generalization)")  # fmt: skip
+    p.add_argument(
+        "--report", type=Path, default=Path("docs/generalization.md"), help="default: docs/generalization.md"
+    )
+    p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    p.add_argument("--from-json", type=Path, help="measure nothing: write the document from an earlier run's --json")
+    p.add_argument("--train-layers", type=int, default=120, help="layers of each training set (default: 120)")
+    p.add_argument("--test-layers", type=int, default=40, help="layers of each test set (default: 40)")
+    p.add_argument("--size", type=int, default=512, help="layer side in pixels (default: 512)")
+    p.add_argument("--representations", default="intensity,shading,shading+albedo",
+                   help="model inputs to train (default: intensity,shading,shading+albedo)")  # fmt: skip
+    p.add_argument("--physics", default="fixed,randomised", help="training sets (default: fixed,randomised)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        help=f"training budget per model in minutes (default: {PROFILES['quick'].max_minutes:g}, the quick profile's)",
+    )
+    p.add_argument("--retrain", action="store_true", help="train every model again even when one can be reused")
+    p.add_argument("--workers", type=int, help="processes rendering and preparing layers (default: one per core)")
+    p.set_defaults(run=run_generalization)
+
+
+def run_generalization(args: argparse.Namespace, argv: list[str]) -> str:
+    import dataclasses
+
+    from bench import generalization as bench_generalization
+    from training.inference.config import REPRESENTATIONS
+    from training.learning.schedule import PROFILES
+    from training.reports.generalization import write_report
+
+    if args.from_json:
+        result = bench_generalization.Generalization.from_dict(json.loads(args.from_json.read_text()))
+        write_report(result, args.report)
+        return f"wrote {args.report} from {args.from_json}"
+    profile = PROFILES["quick"]
+    if args.minutes is not None:
+        profile = dataclasses.replace(profile, max_minutes=args.minutes)
+    settings = bench_generalization.Settings(
+        work=args.work, size=args.size, train_layers=args.train_layers, test_layers=args.test_layers,
+        representations=bench_generalization.parse_names(args.representations, REPRESENTATIONS, "--representations"),
+        physics=bench_generalization.parse_names(args.physics, bench_generalization.PHYSICS, "--physics"),
+        profile=profile, retrain=args.retrain, workers=args.workers, command=command_line(argv),
+    )  # fmt: skip
+    result = bench_generalization.run(settings)
+    write_report(result, args.report)
+    if args.json:
+        bench_generalization.save_json(result, args.json)
+    return (
+        f"scored {len(result.models)} models on {len(result.test_sets)} test sets in {result.seconds / 60:.1f} "
+        f"minutes; wrote {args.report}" + (f" and {args.json}" if args.json else "")
+    )
+
+
+COMMANDS = (add_model, add_serving, add_load, add_matrix, add_second_renderer, add_generalization)
 
 
 def build_parser() -> argparse.ArgumentParser:

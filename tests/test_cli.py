@@ -29,7 +29,14 @@ def _every_command() -> list[tuple[str, str]]:
 
 def test_the_command_list_is_complete():
     commands = _every_command()
-    assert {c for p, c in commands if p == "bench"} == {"model", "serving", "load", "matrix"}
+    assert {c for p, c in commands if p == "bench"} == {
+        "model",
+        "serving",
+        "load",
+        "matrix",
+        "second-renderer",
+        "generalization",
+    }
     assert {c for p, c in commands if p == "client"} == {"predict", "batch", "ab-report"}
     assert {c for p, c in commands if p == "training"} == {"synth", "prepare", "train", "evaluate", "quantize",
                                                            "bench", "archive", "serve", "stop", "schema", "deployments"}  # fmt: skip
