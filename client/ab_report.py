@@ -1,8 +1,9 @@
 """ab-report: the served variants side by side over a labeled set, through the real service.
 
 For each variant, `requests` layers are sent one at a time (the set repeated as needed): latency percentiles (what
-the caller waited per layer, retries and backoff included) and throughput per variant, F1 against truth over the distinct layers, and the agreement between the first two variants
-(mask IoU per layer, same defect / no-defect decision).
+the caller waited per layer, retries and backoff included) and throughput per variant, F1 against truth over the
+distinct layers, how many of those layers the variant found unlike its training layers, and the agreement between
+the first two variants (mask IoU per layer, same defect / no-defect decision).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class ABReport:
 
     command: str
     service: str  # the service that answered, in words
-    models: dict[str, dict[str, Any]]  # variant -> requests, p50/p95/p99_ms, throughput_per_s, f1_vs_truth, ...
+    models: dict[str, dict[str, Any]]  # variant -> requests, p50/p95/p99_ms, throughput_per_s, f1_vs_truth,
+    # unfamiliar_layers (None when the service's answers do not say), ...
     agreement: dict[str, Any]  # of the first two variants: pair, layers, mask IoU pooled / mean / min, decisions
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +90,7 @@ def run_ab_report(
     for model in models:
         latencies, masks[model], decisions[model] = [], {}, {}
         counts = Counts()
+        judged, unfamiliar = 0, 0  # distinct layers whose answer says whether they are familiar, and how many are not
         started = time.perf_counter()
         for i in range(requests):
             layer = layers[i % len(layers)]
@@ -97,6 +100,10 @@ def run_ab_report(
                 mask = decode_mask(prediction.answer)
                 masks[model][layer.layer_id] = mask
                 decisions[model][layer.layer_id] = bool(prediction.answer["defect"])
+                familiarity = prediction.answer.get("familiarity")  # absent from older servers' answers
+                if familiarity is not None:
+                    judged += 1
+                    unfamiliar += not familiarity["familiar"]
                 if layer.truth is not None:
                     counts = counts + confusion(mask, layer.truth)
         seconds = time.perf_counter() - started
@@ -108,6 +115,7 @@ def run_ab_report(
             "throughput_per_s": requests / seconds,
             "f1_vs_truth": counts.f1() if counts.total else None,
             "layers_scored": len(masks[model]),
+            "unfamiliar_layers": unfamiliar if judged else None,
             "latencies_ms": latencies,
         }
     a, b = models[0], models[1]

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = (
     "layer_id", "status", "model", "defect", "max_confidence", "defect_area_pct", "bbox", "components_total",
-    "latency_ms", "attempt_ms", "attempts", "mask_iou", "decision_agreement", "error_kind", "error",
+    "familiar", "unfamiliar_reasons", "latency_ms", "attempt_ms", "attempts", "mask_iou", "decision_agreement",
+    "error_kind", "error",
 )  # fmt: skip
 
 
@@ -38,6 +39,7 @@ class BatchResult:
     answered: int = 0
     failed: int = 0
     defects: int = 0
+    unfamiliar: int = 0  # answered layers unlike the model's training layers (check the camera and lights)
     by_model: Counter = field(default_factory=Counter)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # files that do not form a triplet, with reasons
     errors: dict[str, list[str]] = field(default_factory=dict)  # error kind -> the layer ids that failed with it
@@ -46,7 +48,8 @@ class BatchResult:
         models = ", ".join(f"{m} {n}" for m, n in sorted(self.by_model.items()))
         skipped = Counter(s["reason"] for s in self.skipped)
         return (
-            f"{self.answered} layers answered ({self.defects} with defects; {models or 'none'}), {self.failed} failed"
+            f"{self.answered} layers answered ({self.defects} with defects, {self.unfamiliar} unlike the training "
+            f"layers; {models or 'none'}), {self.failed} failed"
             + (f"; skipped files: {dict(skipped)}" if skipped else "")
         )
 
@@ -83,11 +86,13 @@ def _record(layer_id: str, files: list[str], prediction=None, comparison=None, e
 
 def _summary_row(record: dict[str, Any]) -> dict[str, Any]:
     answer, shadow = record.get("answer", {}), record.get("shadow", {})
+    familiarity = answer.get("familiarity", {})  # absent from error records and from older servers' answers
     return {
         "layer_id": record["layer_id"], "status": record["status"], "model": record.get("model", ""),
         "defect": answer.get("defect", ""), "max_confidence": answer.get("max_confidence", ""),
         "defect_area_pct": answer.get("defect_area_pct", ""), "bbox": json.dumps(answer.get("bbox")) if answer else "",
-        "components_total": answer.get("components_total", ""), "latency_ms": record.get("latency_ms", ""),
+        "components_total": answer.get("components_total", ""), "familiar": familiarity.get("familiar", ""),
+        "unfamiliar_reasons": "; ".join(familiarity.get("reasons", [])), "latency_ms": record.get("latency_ms", ""),
         "attempt_ms": record.get("attempt_ms", ""), "attempts": record.get("attempts", ""),
         "mask_iou": shadow.get("mask_iou", ""), "decision_agreement": shadow.get("decision_agreement", ""),
         "error_kind": record.get("error_kind", ""), "error": record.get("error", ""),
@@ -151,6 +156,7 @@ def run_batch(
             if record["status"] == "ok":
                 result.answered += 1
                 result.defects += bool(record["answer"]["defect"])
+                result.unfamiliar += record["answer"].get("familiarity", {}).get("familiar") is False
                 result.by_model[record["model"]] += 1
             else:
                 result.failed += 1

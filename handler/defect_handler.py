@@ -25,6 +25,7 @@ from handler.request import BadRequest, parse_request, request_options
 from handler.settings import ServingConfig
 from training.inference.answer import Answer, Light, ModelInfo, Timing
 from training.inference.config import ModelConfig
+from training.inference.familiarity import assess
 from training.inference.layer import LayerError, decode_layer
 from training.inference.loaders import load_variant
 from training.inference.postprocess import detect
@@ -87,6 +88,7 @@ class DefectHandler(BaseHandler):
         )  # (H, W) float32
         inferred = time.perf_counter()
         detection = detect(probabilities, threshold, return_mask, self.serving.max_components)
+        familiarity = assess(layer.stack, self.config, detection.defect_area_px / probabilities.size)
         done = time.perf_counter()
         answer = Answer.of(
             detection,
@@ -94,6 +96,7 @@ class DefectHandler(BaseHandler):
             lights=self.lights,
             model=self.model_info,
             timing_ms=Timing(*(round(s * 1e3, 2) for s in (decoded - started, inferred - decoded, done - inferred))),
+            familiarity=familiarity,
         )
         self._record(answer, idx)
         return answer
@@ -106,4 +109,6 @@ class DefectHandler(BaseHandler):
         variant = Dimension("Variant", answer.model.variant)
         decision = Dimension("Decision", "defect" if answer.defect else "clean")
         metrics.add_counter("DefectDecisions", 1, idx, [variant, decision])
+        # 0 for a familiar layer, so the series exists from the first answer and reads 0 rather than absent
+        metrics.add_counter("UnfamiliarLayers", int(not answer.familiarity.familiar), idx, [variant])
         metrics.add_time("DefectInferenceTime", answer.timing_ms.inference, idx, "ms", [variant])

@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from training.inference.answer import Answer, Component, Detection, Light, MaskImage, ModelInfo, Timing
+from training.inference.answer import Answer, Component, Detection, Familiarity, Light, MaskImage, ModelInfo, Timing
 from training.inference.serialize import to_dict
 from training.inference.variants import VARIANTS
 from training.serving.schema import SCHEMA_FILE, render, response_schema
@@ -16,14 +16,18 @@ from training.serving.schema import SCHEMA_FILE, render, response_schema
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = response_schema()
 ANSWER = SCHEMA["$defs"]["Answer"]["properties"]
-NESTED = {"mask": "MaskImage", "model": "ModelInfo", "timing_ms": "Timing", "components": "Component"}
+NESTED = {"mask": "MaskImage", "model": "ModelInfo", "timing_ms": "Timing", "components": "Component",
+          "familiarity": "Familiarity"}  # fmt: skip
 
 
 def example(mask: bool = True) -> Answer:
     detection = Detection(True, 0.9, 0.5, 12, 1.5, (1, 2, 3, 4), (Component((1, 2, 3, 4), 12, 0.9),), 1,
                           MaskImage("png", "base64", 8, 8, "AAAA") if mask else None)  # fmt: skip
     return Answer.of(detection, converted_from_colour=("angle1",), lights=(Light("angle0", 0.0),),
-                     model=ModelInfo("defect_int8", "int8", "pytorch", "1.0"), timing_ms=Timing(1.0, 2.0, 3.0))  # fmt: skip
+                     model=ModelInfo("defect_int8", "int8", "pytorch", "1.0"), timing_ms=Timing(1.0, 2.0, 3.0),
+                     familiarity=Familiarity(False, ("exposure_0: median level 0.83 of full scale, trained on "
+                                                     "0.21-0.62: check the camera (exposure, gain) or the lights",),
+                                             {"exposure_0": 0.83, "saturated": 0.0}, True))  # fmt: skip
 
 
 def test_the_committed_schema_is_the_one_the_answer_classes_generate():
@@ -39,6 +43,29 @@ def test_typed_answers_validate_and_an_untyped_extra_field_does_not():
         jsonschema.validate({**to_dict(example()), "colour": "red"}, SCHEMA)
 
 
+def test_every_answer_says_whether_the_layer_is_like_the_training_layers():
+    assert "familiarity" in SCHEMA["$defs"]["Answer"]["required"]
+    assert set(SCHEMA["$defs"]["Familiarity"]["required"]) == {"familiar", "reasons", "statistics",
+                                                                 "statistics_checked"}  # fmt: skip
+    answer = to_dict(example())
+    assert answer["familiarity"]["statistics"] == {"exposure_0": 0.83, "saturated": 0.0}
+    answer_only = {"$defs": SCHEMA["$defs"], "$ref": "#/$defs/Answer"}  # its errors name the field
+    with pytest.raises(jsonschema.ValidationError, match="'familiarity' is a required property"):
+        jsonschema.validate({k: v for k, v in answer.items() if k != "familiarity"}, answer_only)
+    with pytest.raises(jsonschema.ValidationError, match="'high' is not of type 'number'"):
+        jsonschema.validate({**answer, "familiarity": {**answer["familiarity"], "statistics": {"x": "high"}}}, SCHEMA)
+
+
+def test_the_documented_familiarity_example_is_a_valid_one_with_every_statistic():
+    from training.inference.familiarity import statistic_names
+
+    [block] = [b for b in re.findall(r"```json\n(.*?)```", (ROOT / "docs" / "api.md").read_text(), re.S)
+               if b.startswith('"familiarity"')]  # fmt: skip
+    documented = json.loads("{" + block + "}")["familiarity"]
+    jsonschema.validate(documented, {"$defs": SCHEMA["$defs"], "$ref": "#/$defs/Familiarity"})
+    assert tuple(documented["statistics"]) == statistic_names(3)
+
+
 def _documented(path: str) -> bool:
     top, _, sub = path.partition(".")
     if top not in ANSWER:
@@ -50,7 +77,7 @@ def test_the_page_reads_only_documented_fields():
     script = (ROOT / "web" / "app.js").read_text()
     used = set(re.findall(r"\banswer\.([a-z_]+(?:\.[a-z_]+)?)", script))
     used = {u if u.split(".")[0] in NESTED else u.split(".")[0] for u in used}  # answer.bbox.join: a method
-    assert {"defect", "bbox", "model.variant", "timing_ms.inference"} <= used  # the scan finds what it should
+    assert {"defect", "bbox", "model.variant", "timing_ms.inference", "familiarity.reasons"} <= used  # the scan works
     assert [u for u in used if not _documented(u)] == []
 
 
@@ -60,7 +87,7 @@ def test_the_client_and_benches_read_only_documented_fields():
     for path in [*(ROOT / "client").glob("*.py"), *(ROOT / "bench").glob("*.py")]:
         for top, sub in pattern.findall(path.read_text()):
             used.add(f"{top}.{sub}" if sub and top in NESTED else top)
-    assert {"defect", "mask.data", "timing_ms"} <= used  # the scan finds what it should
+    assert {"defect", "mask.data", "timing_ms", "familiarity"} <= used  # the scan finds what it should
     assert [u for u in used if not _documented(u)] == []
 
 

@@ -3,6 +3,7 @@ against a real TorchServe."""
 
 import csv
 import json
+import re
 import shutil
 import threading
 import time
@@ -132,6 +133,40 @@ def test_a_batch_whose_layers_go_unanswered_exits_1_and_says_why(tmp_path, capsy
     }
 
 
+class AnsweringSession:
+    """Answers every POST with HTTP 200 and the answer `answer_for` gives for the posted angle0 file's bytes."""
+
+    def __init__(self, answer_for) -> None:
+        self.answer_for = answer_for
+
+    def post(self, url, files, **kwargs) -> requests.Response:
+        response = requests.Response()
+        response.status_code = 200
+        response._content = json.dumps(self.answer_for(files["angle0"][1])).encode()
+        return response
+
+
+def test_the_batch_summary_says_which_layers_are_unlike_the_training_layers(tmp_path):
+    raw = raw_folder(tmp_path / "raw", ["usual"], [b"usual"] * 3)
+    raw_folder(raw, ["bright"], [b"bright"] * 3)
+    reasons = ["exposure_0: median level 0.83 of full scale, trained on 0.21-0.62: check the camera",
+               "saturated: 9.0% of pixels at full scale, trained on 0.0%-0.5%: check the camera's exposure"]  # fmt: skip
+
+    def answer_for(image: bytes) -> dict:
+        unfamiliar = image == b"bright"
+        return {"defect": unfamiliar, "familiarity": {"familiar": not unfamiliar, "reasons": reasons if unfamiliar else [],
+                                                      "statistics": {}, "statistics_checked": True}}  # fmt: skip
+
+    client = DefectClient("http://test", key="k", session=AnsweringSession(answer_for), retries=0)
+    summary = tmp_path / "summary.csv"
+    result = run_batch(client, raw, tmp_path / "out.jsonl", summary, concurrency=1, progress=False)
+    assert (result.answered, result.defects, result.unfamiliar) == (2, 1, 1)
+    assert "2 layers answered (1 with defects, 1 unlike the training layers;" in result.line()
+    rows = {r["layer_id"]: r for r in csv.DictReader(summary.read_text().splitlines())}
+    assert (rows["usual"]["familiar"], rows["usual"]["unfamiliar_reasons"]) == ("True", "")
+    assert (rows["bright"]["familiar"], rows["bright"]["unfamiliar_reasons"]) == ("False", "; ".join(reasons))
+
+
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory) -> Path:
     """Eight 96x96 synthetic layers (raw/, truth/), a stray file and an incomplete triplet."""
@@ -189,6 +224,7 @@ def test_batch_writes_lines_summary_and_overlays_and_reports_skipped_files(torch
         assert record["model"] == split.choose(record["layer_id"])  # every result records who answered
     rows = list(csv.DictReader((tmp_path / "summary.csv").read_text().splitlines()))
     assert [r["layer_id"] for r in rows] == sorted(r["layer_id"] for r in lines)
+    assert {r["familiar"] for r in rows} <= {"True", "False"}  # every answered layer says whether it is familiar
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 8
     assert not (tmp_path / "out.jsonl.partial").exists()
 
@@ -250,6 +286,7 @@ def test_the_command_line_predicts_and_reports_ab(torchserve, synthetic, tmp_pat
     assert code == 0
     text = report.read_text()
     assert "python -m client ab-report" in text and "defect_int8" in text and "F1" in text
+    assert re.search(r"\| defect_int8 \|.* \| \d+ of \d+ \|$", text, re.M)  # unfamiliar layers, counted
     printed = capsys.readouterr().out
     assert "agreement over" in printed
     assert client_main(["predict", "--angles", angles[0], angles[1], "/no/such.png", *common]) == 2

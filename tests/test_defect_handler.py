@@ -13,8 +13,9 @@ from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handler.defect_handler import DefectHandler
-from tests.images_for_tests import encode, png_header_only, triplet
+from tests.images_for_tests import encode, lit_layer, png_header_only, triplet
 from training.inference.config import ModelConfig
+from training.inference.familiarity import assess, statistics_range
 from training.inference.loaders import load_variant
 from training.inference.postprocess import detect
 from training.inference.serialize import to_dict
@@ -103,6 +104,8 @@ def test_a_good_triplet_is_answered_as_the_library_answers_it(loaded):
     assert answer["model"] == {"name": context.model_name, "variant": variant, "backend": "pytorch", "version": "1.0"}
     assert answer["lights"] == [{"field": f"angle{k}", "azimuth_deg": a} for k, a in enumerate(config.azimuths_deg)]
     assert set(answer["timing_ms"]) == {"decode", "inference", "postprocess"}
+    stack = np.stack(images, -1)
+    assert answer["familiarity"] == to_dict(assess(stack, config, expected["defect_area_px"] / stack[..., 0].size))
 
 
 def test_json_body_with_threshold_override_and_no_mask(loaded):
@@ -182,3 +185,38 @@ def test_custom_metrics_are_emitted(loaded, caplog):
     decisions = [line for line in lines if line.startswith("[METRICS]DefectDecisions.")]
     assert decisions and f"Variant:{handler.model_info.variant}" in decisions[-1] and "Decision:" in decisions[-1]
     assert any(line.startswith("[METRICS]DefectInferenceTime.") for line in lines)
+    unfamiliar = [line for line in lines if line.startswith("[METRICS]UnfamiliarLayers.")]
+    assert unfamiliar and f"Variant:{handler.model_info.variant}" in unfamiliar[-1]
+
+
+@pytest.fixture(scope="module")
+def loaded_with_ranges(tiny_store, tmp_path_factory):
+    """The int8 variant served with the capture statistics' ranges of six layers of one camera setting."""
+    model_dir = unpack(tiny_store / "defect_int8.mar", tmp_path_factory.mktemp("unpacked_ranges"))
+    config = ModelConfig.from_dict(json.loads((model_dir / "model_config.json").read_text()))
+    ranges = statistics_range([lit_layer(seed, size=96) for seed in range(6)], config)
+    (model_dir / "model_config.json").write_text(json.dumps(config.replace(input_ranges=ranges).to_dict()))
+    context = make_context(model_dir)
+    handler = DefectHandler()
+    handler.initialize(context)
+    return handler, context
+
+
+def test_a_layer_from_a_changed_camera_is_answered_with_the_doubt_and_counted(loaded_with_ranges, caplog):
+    handler, context = loaded_with_ranges
+    layer = lit_layer(seed=100, size=96)
+    bright = np.clip(layer.astype(np.float32) * 1.8, 0, 255).astype(np.uint8)  # exposure up, pixels clip
+    with caplog.at_level("INFO"):
+        answers = serve(handler, context, [multipart([encode(layer[..., k]) for k in range(3)], threshold="0.99"),
+                                           multipart([encode(bright[..., k]) for k in range(3)], threshold="0.99")])  # fmt: skip
+    [(_, same), (_, changed)] = answers
+    assert same["familiarity"]["familiar"] and same["familiarity"]["reasons"] == []
+    assert same["familiarity"]["statistics_checked"] and changed["familiarity"]["statistics_checked"]
+    assert not changed["familiarity"]["familiar"]
+    named = {reason.split(":")[0] for reason in changed["familiarity"]["reasons"]}
+    assert {"exposure_0", "exposure_1", "exposure_2", "saturated"} <= named
+    decided = detect(predict_tiled(handler.model, bright, handler.config), 0.99)
+    assert (changed["defect"], changed["defect_area_px"]) == (decided.defect, decided.defect_area_px)  # unchanged
+    counts = [line.split("|")[0] for line in (r.getMessage() for r in caplog.records)
+              if line.startswith("[METRICS]UnfamiliarLayers.")]  # fmt: skip
+    assert [float(line.rpartition(":")[2]) for line in counts] == [0.0, 1.0]

@@ -90,14 +90,15 @@ def test_the_throughput_report_states_the_int8_ratio():
 
 @pytest.fixture
 def ab_result() -> ABReport:
-    def model(p50: float, f1: float | None) -> dict:
+    def model(p50: float, f1: float | None, unfamiliar: int | None) -> dict:
         return {"requests": 2, "p50_ms": p50, "p95_ms": p50, "p99_ms": p50, "throughput_per_s": 1000 / p50,
-                "f1_vs_truth": f1, "layers_scored": 2, "latencies_ms": [p50, p50 + 1]}  # fmt: skip
+                "f1_vs_truth": f1, "layers_scored": 2, "unfamiliar_layers": unfamiliar,
+                "latencies_ms": [p50, p50 + 1]}  # fmt: skip
 
     agreement = {"pair": ["defect_fp32", "defect_int8"], "layers": 2, "mask_iou_pooled": 0.99, "mask_iou_mean": 0.95,
                  "mask_iou_min": 0.9, "decision_agreement": 1.0}  # fmt: skip
     return ABReport("python -m client ab-report X", "the service at http://test",
-                    {"defect_fp32": model(180.0, 0.97), "defect_int8": model(60.0, None)}, agreement)  # fmt: skip
+                    {"defect_fp32": model(180.0, 0.97, 1), "defect_int8": model(60.0, None, None)}, agreement)  # fmt: skip
 
 
 def test_the_ab_report_states_the_agreement_and_the_latency_ratio(ab_result, tmp_path):
@@ -105,11 +106,12 @@ def test_the_ab_report_states_the_agreement_and_the_latency_ratio(ab_result, tmp
     ab.write_report(ab_result, report)
     lines = report.read_text().splitlines()
     assert f"Produced by `python -m client ab-report` at {source_commit()}. Regenerate:" in lines
-    assert "| defect_fp32 | 2 | 180.0 | 180.0 | 180.0 | 5.56 | 0.970 |" in lines
-    assert "| defect_int8 | 2 | 60.0 | 60.0 | 60.0 | 16.67 | - |" in lines
+    assert "| defect_fp32 | 2 | 180.0 | 180.0 | 180.0 | 5.56 | 0.970 | 1 of 2 |" in lines
+    assert "| defect_int8 | 2 | 60.0 | 60.0 | 60.0 | 16.67 | - | - |" in lines  # its answers did not say
     assert any("same defect decision on 100.0% of layers; median latency defect_fp32 / defect_int8 = 3.00." in line
                for line in lines)  # fmt: skip
     assert (tmp_path / "ab.png").exists()
     table = ab.summary_table(ab_result).splitlines()
-    assert table[2].split() == ["defect_int8", "60.0", "60.0", "60.0", "16.67", "-"]
+    assert table[1].split() == ["defect_fp32", "180.0", "180.0", "180.0", "5.56", "0.970", "1", "of", "2"]
+    assert table[2].split() == ["defect_int8", "60.0", "60.0", "60.0", "16.67", "-", "-"]
     assert table[-1].startswith("agreement over 2 layers: mask IoU 0.9900 pooled")

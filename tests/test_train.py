@@ -43,6 +43,7 @@ def test_training_writes_the_run_folder(run_dir):
     assert config.label_source == "truth" and config.training["train_layers"] == 6
     assert config.training["pos_weight"] == TINY.pos_weight and config.training["best_epoch"] == payload["epoch"]
     assert config.representation == "shading" and "average" in torch.load(run_dir / "last.pt", weights_only=True)
+    assert set(config.input_ranges) >= {"contrast", "saturated"}  # the capture statistics serving compares with
 
 
 def test_resume_continues_where_it_stopped(run_dir, tiny_prepared):

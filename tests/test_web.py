@@ -15,6 +15,7 @@ import requests
 from tests.images_for_tests import encode
 from tests.service import answer_of
 from training.inference.config import DECISION_FILE
+from training.inference.familiarity import statistics_range
 from training.inference.loaders import load_variant
 from training.inference.tiling import predict_tiled
 from training.renderer.synth import SynthConfig, generate_layer
@@ -56,13 +57,17 @@ def layers(tmp_path_factory) -> dict[str, list[Path]]:
 @pytest.fixture(scope="module")
 def page_store(tiny_variants, layers, tmp_path_factory) -> Path:
     """Archives of the tiny model with a threshold between its highest probability on the clean layer and on the
-    defective one, so the page meets both a fail and a pass (the two-epoch model separates them only so far)."""
+    defective one, so the page meets both a fail and a pass (the two-epoch model separates them only so far), and
+    with the capture statistics' ranges of those two layers, so a layer from another camera setting is unfamiliar."""
+    import torch
+
     from training.inference.images import read_gray
 
     models = [load_variant(tiny_variants / f"model_{v}.pt") for v in ("fp32", "int8")]
-    peaks = {}
+    peaks, stacks = {}, []
     for name, paths in layers.items():
         stack = np.stack([read_gray(p).pixels for p in paths], axis=-1)
+        stacks.append(stack)
         peaks[name] = [float(predict_tiled(model, stack, config).max()) for config, model in models]
     low, high = max(peaks["clean"]), min(peaks["defective"])
     assert high > low + 1e-4, f"the tiny model does not rank the defective layer above the clean one: {peaks}"
@@ -70,6 +75,11 @@ def page_store(tiny_variants, layers, tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("page_variants")
     for name in ("checkpoint.pt", "model_fp32.pt", "model_int8.pt"):
         shutil.copy(tiny_variants / name, folder / name)
+    ranges = {k: list(v) for k, v in statistics_range(stacks, models[0][0]).items()}
+    for name in ("model_fp32.pt", "model_int8.pt"):
+        payload = torch.load(folder / name, map_location="cpu", weights_only=True)
+        payload["model_config"]["input_ranges"] = ranges
+        torch.save(payload, folder / name)
     decision = json.loads((tiny_variants / DECISION_FILE).read_text())
     (folder / DECISION_FILE).write_text(json.dumps({**decision, "threshold": threshold, "rule": "between the layers"}))
     store = tmp_path_factory.mktemp("page_store")
@@ -167,13 +177,27 @@ def test_a_defective_layer_fails_with_overlay_and_the_api_numbers(page, site, la
     page.screenshot(path=str(ARTIFACTS / "web_defective.png"), full_page=True)
 
 
-def test_a_clean_layer_passes(page, layers):
+def test_a_clean_layer_passes_and_the_same_layer_from_a_brighter_camera_is_in_doubt(page, layers, tmp_path):
     from playwright.sync_api import expect
+
+    from training.inference.images import read_gray
 
     submit(page, layers["clean"], "fp32")
     expect(page.locator("#verdict")).to_contain_text("Pass: no defects found (float32)", timeout=60_000)
     assert summary(page, "fp32")["bbox"] == "none"
     assert magenta_pixels(page, "fp32") == 0
+    doubt = page.locator('.panel[data-variant="fp32"] .doubt')
+    assert doubt.is_hidden() and "unlike" not in page.locator("#verdict").inner_text()
+    assert page.locator('.panel[data-variant="fp32"] [data-field="familiar"]').inner_text() == "Yes"
+    brighter = [np.clip(read_gray(p).pixels * 1.8, 0, 255).astype(np.uint8) for p in layers["clean"]]
+    submit(page, write_triplet(brighter, tmp_path, "brighter"), "fp32")  # exposure up 1.8x: pixels clip
+    expect(page.locator("#verdict")).to_contain_text(
+        "This layer is unlike the layers the model was trained on: exposure_0: median level", timeout=60_000
+    )
+    expect(page.locator("#verdict")).to_contain_text("Check the camera and lights before trusting the result.")
+    assert doubt.is_visible() and doubt.inner_text().startswith("This layer is unlike the layers")
+    assert "saturated: " in doubt.inner_text()
+    assert page.locator('.panel[data-variant="fp32"] [data-field="familiar"]').inner_text().startswith("No: check")
 
 
 def test_both_variants_side_by_side_with_their_agreement(page, layers):

@@ -123,6 +123,17 @@ function decisionText(answer) {
   return answer.defect ? "Fail: defects found" : "Pass: no defects found";
 }
 
+function doubtText(reasons) {
+  return `This layer is unlike the layers the model was trained on: ${reasons.join("; ")}. Check the camera and lights before trusting the result.`;
+}
+
+function familiarText(answer) {
+  if (!answer.familiarity.familiar) return "No: check the camera and lights before trusting the result";
+  return answer.familiarity.statistics_checked
+    ? "Yes"
+    : "Yes, as far as checked (this model predates the exposure and contrast checks; only the flagged share is judged)";
+}
+
 function fillSummary(panel, answer, latency, labels) {
   const fields = {
     decision: answer.defect ? "Fail (defect found)" : "Pass (no defect)",
@@ -132,8 +143,12 @@ function fillSummary(panel, answer, latency, labels) {
     components: String(answer.components_total),
     variant: `${labels[answer.model.variant] || answer.model.variant} (${answer.model.name}, version ${answer.model.version}, ${answer.model.backend})`,
     latency: `${Math.round(latency)} ms (model ${Math.round(answer.timing_ms.inference)} ms)`,
+    familiar: familiarText(answer),
   };
   for (const [name, text] of Object.entries(fields)) $(`[data-field="${name}"]`, panel).textContent = text;
+  const doubt = $(".doubt", panel);
+  doubt.hidden = answer.familiarity.familiar;
+  doubt.textContent = doubt.hidden ? "" : doubtText(answer.familiarity.reasons);
 }
 
 function maskIou(a, b) {
@@ -187,9 +202,11 @@ async function inspect(event) {
       agreement.textContent = "";
     }
     $("#results").hidden = false;
-    verdict.textContent = results
-      .map(({ variant, answer }) => `${decisionText(answer)} (${config.labels[variant]}${answer.defect ? `, ${answer.defect_area_pct.toFixed(2)} % of the layer` : ""}).`)
-      .join(" ");
+    const reasons = [...new Set(results.flatMap(({ answer }) => answer.familiarity.reasons))];
+    verdict.textContent = [
+      ...results.map(({ variant, answer }) => `${decisionText(answer)} (${config.labels[variant]}${answer.defect ? `, ${answer.defect_area_pct.toFixed(2)} % of the layer` : ""}).`),
+      ...(reasons.length ? [doubtText(reasons)] : []),
+    ].join(" ");
   } catch (err) {
     verdict.textContent = "";
     error.textContent = err.message;

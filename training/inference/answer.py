@@ -69,6 +69,21 @@ class Timing:
 
 
 @dataclass(frozen=True)
+class Familiarity:
+    """Whether the layer is like the layers the model was trained on: how it was captured (exposure, saturation,
+    contrast between the lights, ...) against the training range, and how much of it the model flags. The defect
+    decision is not changed by it; an unfamiliar layer's decision is in doubt (training/inference/familiarity.py)."""
+
+    familiar: bool = _info("false when any reason is given: check the camera and lights before trusting the result")
+    reasons: tuple[str, ...] = _info("why the layer is unlike the training layers, each a sentence that says what "
+                                     "to check; empty when it is familiar")  # fmt: skip
+    statistics: dict[str, float] = _info("the layer's capture statistics by name (the table in "
+                                         "training/inference/familiarity.py)")  # fmt: skip
+    statistics_checked: bool = _info("false for a model trained before the statistics' ranges were recorded: then "
+                                     "only the share of the layer flagged as defect is judged")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Detection:
     """What the probabilities say, at a threshold: the part of the answer that evaluation shares."""
 
@@ -89,16 +104,19 @@ class Detection:
 
 @dataclass(frozen=True)
 class Answer(Detection):
-    """The answer to one request: the detection, the input as the model read it, the model, and timings."""
+    """The answer to one request: the detection, the input as the model read it, the model, timings, and whether
+    the layer is like the training layers."""
 
     converted_from_colour: tuple[str, ...] = _info("images that arrived in colour and were converted to gray")
     lights: tuple[Light, ...] = _info("the light the model assumes for each image, in channel order")
     model: ModelInfo = _info("which model answered")
     timing_ms: Timing = _info("time spent in the worker")
+    familiarity: Familiarity = _info("whether the layer is like the layers the model was trained on")
 
     @classmethod
     def of(cls, detection: Detection, **context: Any) -> Answer:
-        """The detection with the request's context (converted_from_colour, lights, model, timing_ms)."""
+        """The detection with the request's context (converted_from_colour, lights, model, timing_ms,
+        familiarity)."""
         return cls(**{f.name: getattr(detection, f.name) for f in dataclasses.fields(Detection)}, **context)
 
 

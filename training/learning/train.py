@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from training.inference.config import ModelConfig
+from training.inference.familiarity import statistics_range
 from training.inference.model import build_model, load_pretrained_encoder
 from training.learning.averaging import WeightAverage
 from training.learning.checkpoints import RunState, initial_weights, load_last, save_best, save_last, write_args
@@ -89,6 +90,8 @@ def setup(data_dir: Path, out_dir: Path, profile: TrainConfig, labels: str, mask
     weights = None
     if init is not None and not resume:
         config, weights = initial_weights(init, config)
+    if not resume:  # the capture statistics the model is trained on, for serving to say when a layer is unlike them
+        config = config.replace(input_ranges=statistics_range((r.stack for r in train_records), config))
     model = build_model(config)
     if weights is not None:
         model.load_state_dict(weights)

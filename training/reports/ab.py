@@ -19,16 +19,21 @@ def _f1(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _unfamiliar(r: dict) -> str:
+    """'1 of 8': the distinct layers a variant found unlike its training layers; '-' when its answers did not say."""
+    return "-" if r.get("unfamiliar_layers") is None else f"{r['unfamiliar_layers']} of {r['layers_scored']}"
+
+
 def render(result: ABReport, figure: str) -> str:
     """The Markdown of the report, which shows the figure named `figure` (a file beside it)."""
     rows = [
-        "| variant | requests | p50 ms | p95 ms | p99 ms | layers/s | F1 vs truth |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | requests | p50 ms | p95 ms | p99 ms | layers/s | F1 vs truth | unfamiliar layers |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for model, r in result.models.items():
         rows.append(
             f"| {model} | {r['requests']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['p99_ms']:.1f} | "
-            f"{r['throughput_per_s']:.2f} | {_f1(r['f1_vs_truth'])} |"
+            f"{r['throughput_per_s']:.2f} | {_f1(r['f1_vs_truth'])} | {_unfamiliar(r)} |"
         )
     ag = result.agreement
     a, b = ag["pair"]
@@ -45,7 +50,8 @@ def render(result: ABReport, figure: str) -> str:
             "",
             f"Each variant answered the same layers through {result.service}, one request at a time "
             "(latency as the caller waited: HTTP, retries and backoff included). F1 is pixel F1 against truth over the distinct layers. "
-            "The machine is shared, so quote ratios.",
+            "Unfamiliar layers are the distinct layers whose answer said they are unlike the variant's training layers "
+            "(`familiarity` in docs/api.md). The machine is shared, so quote ratios.",
             "",
             *rows,
             "",
@@ -79,11 +85,11 @@ def write_report(result: ABReport, report: Path) -> None:
 
 def summary_table(result: ABReport) -> str:
     """The figures as a plain-text table for the terminal, with the agreement on the last line."""
-    lines = [f"{'variant':<14}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'layers/s':>10}{'F1':>8}"]
+    lines = [f"{'variant':<14}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'layers/s':>10}{'F1':>8}{'unfamiliar':>12}"]
     for model, r in result.models.items():
         lines.append(
             f"{model:<14}{r['p50_ms']:>9.1f}{r['p95_ms']:>9.1f}{r['p99_ms']:>9.1f}{r['throughput_per_s']:>10.2f}"
-            f"{_f1(r['f1_vs_truth']):>8}"
+            f"{_f1(r['f1_vs_truth']):>8}{_unfamiliar(r):>12}"
         )
     ag = result.agreement
     lines.append(

@@ -33,6 +33,8 @@ def _value_schema(tp: Any, bounds: dict[str, Any], defs: dict[str, Any]) -> dict
             return {"type": "array", "items": _value_schema(args[0], bounds, defs)}
         return {"type": "array", "items": _value_schema(args[0], bounds, defs), "minItems": len(args),
                 "maxItems": len(args)}  # fmt: skip
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _value_schema(args[1], bounds, defs)}
     if dataclasses.is_dataclass(tp):
         return _ref(tp, defs)
     if tp in _SCALARS:
