@@ -25,17 +25,21 @@ java:
 		echo "error: TorchServe needs Java 17. Install it, e.g.: sudo apt-get install openjdk-17-jre-headless"; exit 1; \
 	fi
 
-# The pipeline on a small synthetic set: synth -> prepare (with the label-quality report) -> train (quick profile,
-# on heuristic labels as real users would) -> evaluate against exact truth -> quantize to int8 -> archive both
-# variants -> serve them with TorchServe and send one real request for a synthetic layer. The server keeps running.
+# The pipeline on a small synthetic set: synth (randomised physics, lights at DEMO_LIGHTS) -> prepare (with the
+# label-quality report) -> train (quick profile, on the exact truth that synthetic layers come with) -> evaluate
+# against exact truth -> quantize to int8 -> archive both variants -> serve them with TorchServe and send one real
+# request for a synthetic layer. The server keeps running.
 DEMO := data/demo
+DEMO_LAYERS ?= 64
+# The azimuths of your printer's three lights, in the order of its images (counter-clockwise from +x, degrees).
+DEMO_LIGHTS ?= 0,120,240
 # The layer sent to the server: a test-split layer with a recoater hopping band, a streak and two pits.
 DEMO_LAYER_ID ?= layer_00006
 DEMO_LAYER = $(DEMO)/synth/raw/$(DEMO_LAYER_ID)
 demo: setup
-	$(PY) -m training synth --out $(DEMO)/synth --layers 48 --seed 0
+	$(PY) -m training synth --out $(DEMO)/synth --layers $(DEMO_LAYERS) --seed 0 --lights $(DEMO_LIGHTS)
 	$(PY) -m training prepare --raw $(DEMO)/synth/raw --truth $(DEMO)/synth/truth --out $(DEMO)/processed --report-dir $(DEMO)/report
-	$(PY) -m training train --data $(DEMO)/processed --out runs/demo --labels heuristic --profile quick
+	$(PY) -m training train --data $(DEMO)/processed --out runs/demo --labels truth --profile quick
 	$(PY) -m training evaluate --checkpoint runs/demo/checkpoint.pt --report runs/demo/results.md
 	$(PY) -m training quantize --checkpoint runs/demo/checkpoint.pt --calibration 16
 	$(PY) -m training archive --checkpoint runs/demo/checkpoint.pt --out model_store

@@ -45,7 +45,7 @@ def test_training_crops_are_normalised_tensors_with_masks(tiny_prepared):
     crops = TrainingCrops(records, config, transform, repeats=3)
     assert len(crops) == 18
     item = crops[0]
-    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert item["image"].shape == (config.in_channels, 32, 32) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (1, 32, 32) and set(item["mask"].unique().tolist()) <= {0.0, 1.0}
 
 

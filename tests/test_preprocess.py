@@ -85,14 +85,14 @@ def test_tiled_prediction_blends_to_the_whole_image_result_for_a_pointwise_model
 
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 1, kernel_size=1).eval()
-    config = ModelConfig(tile_size=64)
+    config = ModelConfig(tile_size=64, representation="shading")
     stack = np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)
     tiled = predict_tiled(model, stack, config, overlap=16)
-    whole = predict_probabilities(model, stack, ModelConfig(tile_size=256))
+    whole = predict_probabilities(model, stack, config.replace(tile_size=256))
     assert tiled.shape == (150, 200)
     np.testing.assert_allclose(tiled, whole[:150, :200], atol=1e-5)
     narrow = stack[:40]  # shorter than a tile in one direction: another layer, with its own statistics
-    whole_narrow = predict_probabilities(model, narrow, ModelConfig(tile_size=256))
+    whole_narrow = predict_probabilities(model, narrow, config.replace(tile_size=256))
     np.testing.assert_allclose(predict_tiled(model, narrow, config, overlap=16), whole_narrow, atol=1e-5)
 
 
@@ -134,14 +134,15 @@ def test_shading_follows_a_power_law_response_closely():
 def test_intensity_shifts_with_exposure_where_shading_does_not():
     stack = np.clip(_surface_like(2) * 255, 0, 255).astype(np.uint8)
     brighter = np.clip(stack.astype(np.float32) * 1.5, 0, 255).astype(np.uint8)
-    shading, intensity = ModelConfig(), ModelConfig(representation="intensity", mean=(0.4,) * 3, std=(0.08,) * 3)
+    shading = ModelConfig(representation="shading")
+    intensity = ModelConfig(representation="intensity", mean=(0.4,) * 3, std=(0.08,) * 3)
     assert abs(model_channels(brighter, intensity).mean() - model_channels(stack, intensity).mean()) > 1.0
     assert abs(model_channels(brighter, shading).mean() - model_channels(stack, shading).mean()) < 0.1
 
 
 def test_model_channels_checks_the_stack_and_counts_channels():
     stack = np.full((40, 40, 3), 100, np.uint8)
-    assert model_channels(stack, ModelConfig()).shape == (3, 40, 40)
+    assert model_channels(stack, ModelConfig(representation="shading")).shape == (3, 40, 40)
     assert model_channels(stack, ModelConfig(representation="shading+albedo")).shape == (4, 40, 40)
     assert ModelConfig(representation="shading+albedo").in_channels == 4
     with pytest.raises(ValueError, match=r"\(H, W, 3\) stack, one image per light"):

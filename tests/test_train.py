@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.inference.config import ModelConfig
 from training.inference.model import load_checkpoint
 from training.learning.checkpoints import RunState, run_arguments
 from training.learning.devices import Processes, shared_flag
@@ -42,7 +43,9 @@ def test_training_writes_the_run_folder(run_dir):
     config, _, payload = load_checkpoint(run_dir / "checkpoint.pt")
     assert config.label_source == "truth" and config.training["train_layers"] == 6
     assert config.training["pos_weight"] == TINY.pos_weight and config.training["best_epoch"] == payload["epoch"]
-    assert config.representation == "shading" and "average" in torch.load(run_dir / "last.pt", weights_only=True)
+    assert config.representation == ModelConfig.representation and "average" in torch.load(
+        run_dir / "last.pt", weights_only=True
+    )
     assert set(config.input_ranges) >= {"contrast", "saturated"}  # the capture statistics serving compares with
 
 

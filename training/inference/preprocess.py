@@ -9,9 +9,9 @@ Representations (`ModelConfig.representation`):
   fall-off cancel with the background; the response's exponent and the light elevation's overall contrast cancel
   with the spread. What remains is shading: how the surface's slope and shadows differ between the lights,
   which is what defects change.
-- "shading+albedo": the same three channels and a fourth, the log of the mean image less its background, divided
-  by its robust spread: local reflectance contrast (dark spatter, exposed previous layer), free of exposure and
-  vignetting.
+- "shading+albedo": the same three channels and a fourth, the log of the mean image less its background (on a
+  scale ALBEDO_SCALE times larger, so that a large region of missing powder keeps its contrast), divided by its
+  robust spread: reflectance contrast (dark spatter, exposed previous layer), free of exposure and most vignetting.
 - "intensity": pixels scaled to 0..1 and standardised with the training set's channel mean and deviation: the
   prototype's input, kept to compare against. It transfers poorly: a brighter camera shifts every pixel.
 """
@@ -25,6 +25,7 @@ from training.inference.config import ModelConfig
 
 SHADOW_FLOOR = 0.02  # added to every pixel before the log, as a share of the layer's median level
 CLIP = 8.0  # robust standard deviations: glints and deep shadows saturate here
+ALBEDO_SCALE = 4  # the albedo channel's background is this many times larger: large dark regions stay visible
 STATISTICS_STRIDE = 4  # medians and spreads are taken on every 4th pixel of every 4th row
 
 
@@ -68,7 +69,7 @@ def shading_channels(unit: np.ndarray, background_sigma_px: float, albedo: bool 
     ratios -= background(ratios, background_sigma_px)
     parts = [ratios / robust_spread(ratios)]
     if albedo:
-        contrast = mean_log - background(mean_log, background_sigma_px)
+        contrast = mean_log - background(mean_log, ALBEDO_SCALE * background_sigma_px)
         parts.append((contrast / robust_spread(contrast))[..., None])
     out = np.concatenate(parts, axis=2) if len(parts) > 1 else parts[0]
     return np.clip(out, -CLIP, CLIP).astype(np.float32, copy=False)

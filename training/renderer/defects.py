@@ -52,9 +52,9 @@ class DefectSpec:
 
 
 DEFAULT_SPECS: dict[str, DefectSpec] = {
-    "recoater_streak": DefectSpec(0.35, (1, 2), (60.0, 150.0), (10.0, 30.0)),
+    "recoater_streak": DefectSpec(0.35, (1, 2), (40.0, 200.0), (10.0, 30.0)),
     "recoater_hopping": DefectSpec(0.2, (1, 1), (250.0, 500.0), (4.0, 10.0)),
-    "incomplete_spreading": DefectSpec(0.15, (1, 1), (1000.0, 3000.0), (25.0, 40.0)),
+    "incomplete_spreading": DefectSpec(0.15, (1, 1), (1000.0, 8000.0), (25.0, 40.0)),
     "swelling": DefectSpec(0.3, (1, 2), (250.0, 700.0), (40.0, 150.0)),
     "spatter": DefectSpec(0.45, (2, 8), (60.0, 200.0), (40.0, 150.0)),
     "pit": DefectSpec(0.3, (1, 5), (80.0, 250.0), (15.0, 50.0)),
