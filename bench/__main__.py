@@ -234,6 +234,12 @@ def add_generalization(sub: argparse._SubParsersAction) -> None:
         help=f"training budget per model in minutes (default: {PROFILES['quick'].max_minutes:g}, the quick profile's)",
     )
     p.add_argument("--retrain", action="store_true", help="train every model again even when one can be reused")
+    p.add_argument(
+        "--fine-tune",
+        action="store_true",
+        help="also fine-tune each randomised-physics model on the second renderer's layers with heuristic labels "
+        "(train --init), and score it beside the others",
+    )
     p.add_argument("--workers", type=int, help="processes rendering and preparing layers (default: one per core)")
     p.set_defaults(run=run_generalization)
 
@@ -258,6 +264,7 @@ def run_generalization(args: argparse.Namespace, argv: list[str]) -> str:
         representations=bench_generalization.parse_names(args.representations, REPRESENTATIONS, "--representations"),
         physics=bench_generalization.parse_names(args.physics, bench_generalization.PHYSICS, "--physics"),
         profile=profile, retrain=args.retrain, workers=args.workers, command=command_line(argv),
+        fine_tune=args.fine_tune,
     )  # fmt: skip
     result = bench_generalization.run(settings)
     write_report(result, args.report)

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from bench.second_renderer import SecondRendererConfig, render_set
 from training.inference import serialize
 from training.inference.config import REPRESENTATIONS, Decision, ModelConfig
+from training.inference.familiarity import assess
 from training.inference.images import read_png_array, write_json
 from training.inference.model import load_checkpoint, state_digest
 from training.inference.postprocess import defect_mask, detect
@@ -53,6 +54,9 @@ TEST_SEED = 1000  # test set k renders with seed TEST_SEED + k, so no test layer
 TEST_CLEAN_FRACTION = 0.25  # clean layers in each test set: where false alarms are counted
 TRAIN_SPLIT = (0.8, 0.2, 0.0)  # the test sets are rendered apart: a prepared set holds train and val layers only
 RULE = Rule("max-f1")
+TUNE_SEED = 2000  # the second renderer's layers a model is fine-tuned on (--fine-tune): none is a test layer
+TUNE_ELEVATION_DEG = 38.0  # between the two second-renderer test sets' elevations
+TUNED = "fine-tuned on second-renderer heuristic labels"
 SETTINGS_FILE = "generalization.json"
 MIN_SIZE = 64  # the second renderer's smallest layer
 
@@ -163,6 +167,7 @@ class Settings:
     retrain: bool = False
     workers: int | None = None
     command: str = ""
+    fine_tune: bool = False  # also fine-tune each randomised-physics model on the second renderer's heuristic labels
 
     def __post_init__(self) -> None:
         parse_names(",".join(self.representations), REPRESENTATIONS, "--representations")
@@ -197,12 +202,14 @@ class Scores:
     touched: float | None  # share of defects the mask touches at all
     clean_flagged: int  # clean layers whose answer says defect
     clean_flagged_share: float | None  # mean share of a clean layer's pixels flagged; None without clean layers
+    unfamiliar: int = 0  # layers the answer calls unlike the training layers (`familiarity.assess`)
 
 
 def score(probabilities: Iterable[np.ndarray], truths: Iterable[np.ndarray], threshold: float,
-          coverage: float = FOUND_COVERAGE) -> Scores:  # fmt: skip
+          coverage: float = FOUND_COVERAGE, unfamiliar: int = 0) -> Scores:  # fmt: skip
     """Scores of (H, W) probabilities against (H, W) truth maps (0 = no defect, else a class id) at `threshold`,
-    with the decision the served answer makes on clean layers (`detect(...).defect`)."""
+    with the decision the served answer makes on clean layers (`detect(...).defect`); `unfamiliar` is passed
+    through (the layers `familiarity.assess` doubted)."""
     counts = Counts()
     layers = clean = flagged = found = touched = defects = 0
     shares: list[float] = []
@@ -229,6 +236,7 @@ def score(probabilities: Iterable[np.ndarray], truths: Iterable[np.ndarray], thr
         touched=touched / defects if defects else None,
         clean_flagged=flagged,
         clean_flagged_share=float(np.mean(shares)) if shares else None,
+        unfamiliar=unfamiliar,
     )
 
 
@@ -262,10 +270,11 @@ class ModelResult:
     best_epoch: int
     train_seconds: float
     scores: dict[str, Scores]  # TestSet.key -> scores
+    tuned: str = ""  # how the model was fine-tuned after training, if it was
 
     @property
     def name(self) -> str:
-        return f"{self.representation}, {self.physics} physics"
+        return f"{self.representation}, {self.physics} physics" + (f", {self.tuned}" if self.tuned else "")
 
 
 @dataclass(frozen=True)
@@ -366,18 +375,22 @@ def prepared(raw_set: Path, folder: Path, source: dict[str, Any], workers: int |
 
 
 def trained(data_dir: Path, run_dir: Path, profile: TrainConfig, source: dict[str, Any], retrain: bool,
-            command: str) -> tuple[ModelConfig, Any, dict[str, Any]]:  # fmt: skip
-    """The model of a run folder with its decision threshold: trained unless a checkpoint with the same settings is
-    there, its threshold chosen by `evaluate` (max F1 on val) unless a decision for these weights is there. Returns
-    the config with the threshold, the model and the training summary."""
-    settings = {"data": source, "profile": dataclasses.asdict(profile), "labels": "truth", "seed": TRAIN_SEED}
+            command: str, labels: str = "truth", init: Path | None = None,
+            ) -> tuple[ModelConfig, Any, dict[str, Any]]:  # fmt: skip
+    """The model of a run folder with its decision threshold: trained (from `init`'s weights when given) unless a
+    checkpoint with the same settings is there, its threshold chosen by `evaluate` (max F1 on val against the
+    labels it learned from) unless a decision for these weights is there. Returns the config with the threshold,
+    the model and the training summary."""
+    settings = {"data": source, "profile": dataclasses.asdict(profile), "labels": labels, "seed": TRAIN_SEED}
+    if init is not None:
+        settings["init"] = str(init)
     checkpoint = run_dir / "checkpoint.pt"
     record = None if retrain else _reusable(run_dir, settings)
     if record and checkpoint.exists():
         log.info("reusing the model in %s", run_dir)
     else:
         _start(run_dir, settings)
-        summary = train(data_dir, run_dir, profile, labels="truth", seed=TRAIN_SEED, command=command)
+        summary = train(data_dir, run_dir, profile, labels=labels, seed=TRAIN_SEED, command=command, init=init)
         _finish(run_dir, settings, summary=summary)
         record = _recorded(run_dir)
     config, model, payload = load_checkpoint(checkpoint)
@@ -401,8 +414,35 @@ def read_layers(folder: Path, lights: int) -> Iterator[tuple[np.ndarray, np.ndar
 def score_model(model: Any, config: ModelConfig, folder: Path, name: str) -> Scores:
     """Tiled inference of every layer of a test folder, scored at the config's threshold."""
     pairs = list(read_layers(folder, len(config.azimuths_deg)))
-    probabilities = (predict_tiled(model, stack, config) for stack, _ in tqdm(pairs, desc=name, unit="layer"))
-    return score(probabilities, (truth for _, truth in pairs), config.threshold)
+    probabilities = [predict_tiled(model, stack, config) for stack, _ in tqdm(pairs, desc=name, unit="layer")]
+    doubted = sum(
+        not assess(stack, config, float(defect_mask(probs, config.threshold).mean())).familiar
+        for (stack, _), probs in zip(pairs, probabilities, strict=True)
+    )
+    return score(probabilities, (truth for _, truth in pairs), config.threshold, unfamiliar=doubted)
+
+
+def fine_tuned(settings: Settings, rep: str, physics: str, profile: TrainConfig, checkpoint: Path,
+               tests: list[RenderedSet]) -> ModelResult:  # fmt: skip
+    """What a user with another printer can do: fine-tune a synthetic model (`train --init`) on that printer's own
+    layers with the heuristic labels `prepare` makes (here the second renderer's, never its truth), its threshold
+    chosen against those labels; scored like the others."""
+    work, command = Path(settings.work), settings.command
+    tuning = RenderedSet("tune-second", "second renderer, fine-tuning layers",
+                         f"the second renderer at elevation {TUNE_ELEVATION_DEG:g} deg",
+                         SecondRendererConfig(size=settings.size, elevation_deg=TUNE_ELEVATION_DEG), TUNE_SEED)  # fmt: skip
+    folder = rendered(tuning, work / "tune" / tuning.key, settings.train_layers, settings.workers, command)
+    record = prepared(folder, work / "prepared" / tuning.key, tuning.settings(settings.train_layers),
+                      settings.workers, command)  # fmt: skip
+    run_dir = work / "runs" / f"{rep}-{physics}-tuned"
+    config, model, summary = trained(work / "prepared" / tuning.key, run_dir, profile, record["settings"],
+                                     settings.retrain, command, labels="heuristic", init=checkpoint)  # fmt: skip
+    scores = {}
+    for data in tests:
+        log.info("fine-tuned %s: scoring on %s", rep, data.name)
+        scores[data.key] = score_model(model, config, work / "test" / data.key, data.name)
+    return ModelResult(rep, physics, config.threshold, config.threshold_rule, summary["epochs_run"],
+                       summary["best_epoch"], summary["seconds"], scores, tuned=TUNED)  # fmt: skip
 
 
 def run(settings: Settings) -> Generalization:
@@ -437,6 +477,8 @@ def run(settings: Settings) -> Generalization:
             scores[data.key] = score_model(model, config, work / "test" / data.key, data.name)
         models.append(ModelResult(rep, physics, config.threshold, config.threshold_rule, summary["epochs_run"],
                                   summary["best_epoch"], summary["seconds"], scores))  # fmt: skip
+        if settings.fine_tune and PHYSICS[physics]:
+            models.append(fine_tuned(settings, rep, physics, profile, run_dir / "checkpoint.pt", tests))
     return Generalization(
         command=command,
         size=settings.size,

@@ -144,19 +144,25 @@ def one_thread():
 def test_tiny_run_writes_a_document_naming_every_test_set_and_reuses_its_model(tmp_path, one_thread):
     profile = dataclasses.replace(PROFILES["quick"], epochs=1, max_val_layers=2, crop=32, batch_size=2)
     settings = gen.Settings(work=tmp_path / "work", size=64, train_layers=6, test_layers=3,
-                            representations=("intensity",), physics=("fixed",), profile=profile, workers=1,
-                            command="python -m bench generalization --size 64")  # fmt: skip
+                            representations=("intensity",), physics=("randomised",), profile=profile, workers=1,
+                            command="python -m bench generalization --size 64 --fine-tune", fine_tune=True)  # fmt: skip
     result = gen.run(settings)
     write_report(result, tmp_path / "generalization.md")
     text = (tmp_path / "generalization.md").read_text()
     for test in gen.test_sets(64):
         assert f"### {test.name}\n" in text
-    [model] = result.models
+    model, tuned = result.models
     assert model.name in text and set(model.scores) == {t.key for t in result.test_sets}
     assert all(s.layers == 3 for s in model.scores.values())
+    assert tuned.name == f"{model.name}, {gen.TUNED}" and tuned.name in text and set(tuned.scores) == set(model.scores)
+    tuned_args = json.loads((tmp_path / "work" / "runs" / "intensity-randomised-tuned" / "args.json").read_text())
+    assert (tuned_args["labels"], tuned_args["init"]) == (
+        "heuristic",
+        str(settings.work / "runs" / "intensity-randomised" / "checkpoint.pt"),
+    )
 
-    prepared = tmp_path / "work" / "prepared" / "fixed"
-    run_dir = tmp_path / "work" / "runs" / "intensity-fixed"
+    prepared = tmp_path / "work" / "prepared" / "randomised"
+    run_dir = tmp_path / "work" / "runs" / "intensity-randomised"
     written = (run_dir / "checkpoint.pt").stat().st_mtime_ns
     source = json.loads((prepared / gen.SETTINGS_FILE).read_text())["settings"]
     profile = dataclasses.replace(profile, representation="intensity")

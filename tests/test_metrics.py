@@ -40,3 +40,18 @@ def test_components_found_counts_touched_reference_components():
     predicted[5, 5] = True
     assert components_found(predicted, reference) == (1, 2)
     assert components_found(predicted, np.zeros((6, 6), bool)) == (0, 0)
+
+
+def test_a_defect_counts_as_found_when_a_quarter_of_it_is_covered():
+    from training.learning.metrics import FOUND_COVERAGE, components_found
+
+    truth = np.zeros((10, 30), bool)
+    truth[:, 0:10] = True  # 100 pixels
+    truth[:, 20:30] = True  # 100 pixels
+    predicted = np.zeros_like(truth)
+    predicted[:3, 0:10] = True  # 30% of the first
+    predicted[:2, 20:30] = True  # 20% of the second
+    assert FOUND_COVERAGE == 0.25
+    assert components_found(predicted, truth) == (1, 2)
+    assert components_found(predicted, truth, coverage=0.0) == (2, 2)  # touched, the looser figure
+    assert components_found(predicted, np.zeros_like(truth)) == (0, 0)

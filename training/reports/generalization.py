@@ -67,7 +67,9 @@ def _intro(result: Generalization) -> list[str]:
         f"**defect recall**: the share of the truth's defects (connected components of one class) that the mask "
         f"covers at least {_share(result.found_coverage)}; **touched**: the share it touches at all; **clean flagged**: "
         "clean layers (empty truth) whose answer says defect; **flagged share**: the mean share of a clean layer's "
-        "pixels flagged.",
+        "pixels flagged; **unfamiliar**: layers whose answer says they are unlike the training layers "
+        "(`training/inference/familiarity.py`: capture statistics outside the training range, or most of the "
+        "layer flagged). On test sets like the training layers, unfamiliar layers are false alarms of that check.",
     ]
 
 
@@ -97,11 +99,11 @@ def _test_table(result: Generalization, t: TestSet) -> list[str]:
         f"{t.renderer}, seed {t.seed}: {t.changes}.",
         "",
         f"| model | pixel P | pixel R | pixel F1 | defect recall (≥ {coverage} covered) | touched | clean layers "
-        "flagged | mean flagged share, clean layers |",
-        "|---|---|---|---|---|---|---|---|",
+        "flagged | mean flagged share, clean layers | unfamiliar layers |",
+        "|---|---|---|---|---|---|---|---|---|",
         *[
             f"| {m.name} | {_value(s.precision)} | {_value(s.recall)} | {_value(s.f1)} | {_value(s.defect_recall)} | "
-            f"{_value(s.touched)} | {_flagged(s)} | {_value(s.clean_flagged_share)} |"
+            f"{_value(s.touched)} | {_flagged(s)} | {_value(s.clean_flagged_share)} | {s.unfamiliar} of {s.layers} |"
             for m in result.models
             for s in [m.scores[t.key]]
         ],
