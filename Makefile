@@ -33,8 +33,8 @@ DEMO := data/demo
 DEMO_LAYERS ?= 64
 # The azimuths of your printer's three lights, in the order of its images (counter-clockwise from +x, degrees).
 DEMO_LIGHTS ?= 0,120,240
-# The layer sent to the server: a test-split layer with a recoater hopping band, a streak and two pits.
-DEMO_LAYER_ID ?= layer_00006
+# The layer sent to the server: a test-split layer with a recoater hopping band, two streaks and spatter.
+DEMO_LAYER_ID ?= layer_00023
 DEMO_LAYER = $(DEMO)/synth/raw/$(DEMO_LAYER_ID)
 demo: setup
 	$(PY) -m training synth --out $(DEMO)/synth --layers $(DEMO_LAYERS) --seed 0 --lights $(DEMO_LIGHTS)
