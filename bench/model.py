@@ -67,9 +67,10 @@ def conv_macs(model: torch.nn.Module, size: int) -> int:
         k = module.kernel_size[0] * module.kernel_size[1]
         total += output.numel() * (module.in_channels // module.groups) * k
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    convolutions = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    handles = [m.register_forward_hook(hook) for m in convolutions]
     with torch.inference_mode():
-        model(torch.zeros(1, 3, size, size))
+        model(torch.zeros(1, convolutions[0].in_channels, size, size))  # the first convolution takes the input
     for handle in handles:
         handle.remove()
     return total
@@ -202,7 +203,7 @@ def bench(
     generator = torch.Generator().manual_seed(0)
     for size in sizes:
         for batch in batches:
-            x = torch.randn(batch, 3, size, size, generator=generator)  # the same input for every row of this shape
+            x = torch.randn(batch, config.in_channels, size, size, generator=generator)  # the same for every row
             x_cl = x.contiguous(memory_format=torch.channels_last)
             frozen_fp32 = freeze(model, x)
             frozen_int8 = freeze(int8, x)
@@ -238,7 +239,7 @@ def bench(
 
     torch.set_num_threads(max(threads))
     layer = np.random.default_rng(0).integers(0, 255, (layer_size, layer_size, 3), dtype=np.uint8)
-    example = torch.zeros(1, 3, config.tile_size, config.tile_size)
+    example = torch.zeros(1, config.in_channels, config.tile_size, config.tile_size)
     tiled = {}
     for name, net in (("fp32 eager", model), ("static int8 FX frozen", freeze(int8, example))):
         t0 = time.perf_counter()

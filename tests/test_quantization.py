@@ -16,7 +16,7 @@ def float_model():
 
 def calibration(n=3, size=64, seed=1):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(1, 3, size, size, generator=generator) for _ in range(n)]
+    return [torch.randn(1, ModelConfig().in_channels, size, size, generator=generator) for _ in range(n)]
 
 
 @pytest.mark.parametrize("observer", ["histogram", "minmax"])

@@ -13,7 +13,7 @@ def test_fp32_variant_is_the_checkpoint_in_channels_last(tiny_variants):
     _, reference, _ = load_checkpoint(tiny_variants / "checkpoint.pt")
     config, model = load_variant(tiny_variants / "model_fp32.pt")
     assert variant_of(config).key == "fp32" and isinstance(model, ChannelsLast)
-    x = torch.randn(1, 3, 64, 96)
+    x = torch.randn(1, config.in_channels, 64, 96)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
 
@@ -23,7 +23,7 @@ def test_int8_variant_frozen_gives_the_same_output_as_the_fx_graph_at_any_size(t
     config, model = load_variant(tiny_variants / "model_int8.pt")
     assert variant_of(config).key == "int8"
     reference = load_int8(config, payload["state_dict"])
-    for shape in [(1, 3, 64, 64), (2, 3, 96, 160)]:
+    for shape in [(1, config.in_channels, 64, 64), (2, config.in_channels, 96, 160)]:
         x = torch.randn(*shape)
         with torch.no_grad():
             torch.testing.assert_close(model(x), reference(x), rtol=0, atol=0)

@@ -69,9 +69,27 @@ def load_pretrained_encoder(model: nn.Module, encoder: str) -> bool:
         state = load_file(str(path), device="cpu")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    model.encoder.load_state_dict(state)
+    model.encoder.load_state_dict(adapt_input_channels(state, model.encoder.state_dict()))
     log.info("encoder initialised from ImageNet weights in %s", path)
     return True
+
+
+def adapt_input_channels(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """ImageNet weights for an encoder whose first convolution takes another number of channels (our input is not
+    RGB): that convolution's kernels repeat cyclically over the new channels, scaled by old / new channels, so a
+    constant input still gives the same response (as segmentation-models-pytorch does for its own weights)."""
+    adapted = dict(state)
+    for key, weight in state.items():
+        wanted = target.get(key)
+        if (
+            wanted is not None
+            and weight.ndim == 4
+            and wanted.shape != weight.shape
+            and wanted.shape[0] == weight.shape[0]
+        ):
+            old, new = weight.shape[1], wanted.shape[1]
+            adapted[key] = weight[:, [k % old for k in range(new)]] * (old / new)
+    return adapted
 
 
 def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
