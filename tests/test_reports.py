@@ -115,3 +115,28 @@ def test_the_ab_report_states_the_agreement_and_the_latency_ratio(ab_result, tmp
     assert table[1].split() == ["defect_fp32", "180.0", "180.0", "180.0", "5.56", "0.970", "1", "of", "2"]
     assert table[2].split() == ["defect_int8", "60.0", "60.0", "60.0", "16.67", "-", "-"]
     assert table[-1].startswith("agreement over 2 layers: mask IoU 0.9900 pooled")
+
+
+def test_a_changed_document_is_not_a_change_of_the_code(tmp_path):
+    import subprocess
+
+    from training.reports import provenance
+
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    for name in ("code.py", "README.md", "docs/figure.png"):
+        (repo / name).write_text("1")
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "."], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=repo, check=True)
+    original = provenance.ROOT
+    try:
+        provenance.ROOT = repo
+        for name, dirty in (("docs/figure.png", False), ("README.md", False), ("code.py", True)):
+            provenance.source_commit.cache_clear()
+            (repo / name).write_text("2")
+            assert provenance.source_commit().endswith("with uncommitted changes") == dirty, name
+    finally:
+        provenance.ROOT = original
+        provenance.source_commit.cache_clear()
