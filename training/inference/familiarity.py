@@ -40,12 +40,11 @@ import numpy as np
 from training.inference.answer import Familiarity
 from training.inference.config import ModelConfig
 from training.inference.preprocess import (
-    SHADOW_FLOOR,
     STATISTICS_STRIDE,
-    background,
+    log_ratios,
     model_channels,
     robust_spread,
-    shading_channels,
+    shading_from_ratios,
     to_unit,
 )
 
@@ -117,27 +116,22 @@ def layer_statistics(stack: np.ndarray, config: ModelConfig) -> dict[str, float]
     unit = to_unit(sample)  # refuses anything but 8- and 16-bit pixels
     full_scale = np.iinfo(stack.dtype).max
     exposure = np.median(sample.reshape(-1, lights).T, axis=1) / full_scale  # (lights,)
-    # The log ratios as shading_channels takes them, before it divides by their spread.
-    logs = np.log(unit + max(SHADOW_FLOOR * float(np.median(unit[::STATISTICS_STRIDE, ::STATISTICS_STRIDE])), 1e-4))
-    ratios = logs - logs.mean(axis=2, keepdims=True)
     sigma = config.background_sigma_px / STATISTICS_STRIDE  # the sample's pixels are the stride apart
-    ratios -= background(ratios, sigma)
+    ratios, mean_log = log_ratios(unit, sigma)
+    # The model input of the sample: the intensity input is per pixel, so exactly the sample of the layer's input;
+    # the shading input is taken with its background scale shrunk by the stride, from the same ratios.
+    if config.representation == "intensity":
+        model_input = model_channels(sample, config)
+    else:
+        model_input = shading_from_ratios(ratios, mean_log, sigma, albedo=config.representation == "shading+albedo")
     values = {
         **{f"{PER_LIGHT}_{k}": float(exposure[k]) for k in range(lights)},
         "saturated": float(np.mean(sample >= full_scale)),
         "black": float(np.mean(sample == 0)),
         "contrast": robust_spread(ratios),
-        "input_tail": float(np.mean(np.abs(_input_of_sample(sample, unit, config, sigma)) > TAIL)),
+        "input_tail": float(np.mean(np.abs(model_input) > TAIL)),
     }
     return {name: round(value, 6) for name, value in values.items()}
-
-
-def _input_of_sample(sample: np.ndarray, unit: np.ndarray, config: ModelConfig, sigma: float) -> np.ndarray:
-    """The model input of the strided sample: the intensity input is per pixel, so this is exactly the sample of
-    the layer's input; the shading input is taken with its background scale shrunk by the stride."""
-    if config.representation == "intensity":
-        return model_channels(sample, config)
-    return shading_channels(unit, sigma, albedo=config.representation == "shading+albedo")
 
 
 def statistics_range(stacks: Iterable[np.ndarray], config: ModelConfig) -> dict[str, tuple[float, float]]:

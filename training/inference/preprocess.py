@@ -62,11 +62,24 @@ def normalize(unit: np.ndarray, config: ModelConfig) -> np.ndarray:
 
 def shading_channels(unit: np.ndarray, background_sigma_px: float, albedo: bool = False) -> np.ndarray:
     """(H, W, 3) float in 0..1 -> (H, W, 3) shading channels, or (H, W, 4) with the albedo channel."""
+    return shading_from_ratios(*log_ratios(unit, background_sigma_px), background_sigma_px, albedo)
+
+
+def log_ratios(unit: np.ndarray, background_sigma_px: float) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) float in 0..1 -> the log ratio of each light to the geometric mean of the three, less its
+    background, (H, W, 3); and the log of that mean, (H, W). The shading channels before their spread is divided
+    out (the familiarity check takes that spread as the lights' contrast)."""
     level = float(np.median(unit[::STATISTICS_STRIDE, ::STATISTICS_STRIDE]))
     logs = np.log(unit + max(SHADOW_FLOOR * level, 1e-4))
     mean_log = logs.mean(axis=2)
     ratios = logs - mean_log[..., None]
     ratios -= background(ratios, background_sigma_px)
+    return ratios, mean_log
+
+
+def shading_from_ratios(ratios: np.ndarray, mean_log: np.ndarray, background_sigma_px: float,
+                        albedo: bool = False) -> np.ndarray:  # fmt: skip
+    """`log_ratios`' output -> the shading channels (and the albedo channel), each divided by its robust spread."""
     parts = [ratios / robust_spread(ratios)]
     if albedo:
         contrast = mean_log - background(mean_log, ALBEDO_SCALE * background_sigma_px)
