@@ -4,7 +4,14 @@ import cv2
 import numpy as np
 import pytest
 
-from training.inference.postprocess import check_threshold, components, defect_mask, detect, union_bbox
+from training.inference.postprocess import (
+    SEED_PROBABILITY,
+    check_threshold,
+    components,
+    defect_mask,
+    detect,
+    union_bbox,
+)
 from training.inference.serialize import to_dict
 
 
@@ -22,6 +29,25 @@ def test_mask_compares_at_or_above_the_threshold():
     assert defect_mask(p, 0.5).sum() == 27
     assert defect_mask(p, 0.6).sum() == 26
     assert defect_mask(p, 0.95).sum() == 1
+
+
+def test_below_even_odds_a_region_counts_only_with_a_confident_pixel():
+    p = np.full((20, 30), 0.05, np.float32)
+    p[2:8, 2:12] = 0.2  # faint region holding one confident pixel: kept whole
+    p[5, 6] = SEED_PROBABILITY
+    p[12:18, 15:28] = 0.3  # wide faint region, nowhere confident: dropped
+    p[10, 2] = 0.2  # faint speck: dropped
+    mask = defect_mask(p, 0.15)
+    assert mask[2:8, 2:12].all() and mask.sum() == 60
+    assert not detect(np.where(mask, 0.0, p).astype(np.float32), 0.15).defect  # the rest: nothing is a defect
+    p[5, 6] = np.nextafter(np.float32(SEED_PROBABILITY), np.float32(0))  # just under even odds: no seed left
+    assert not defect_mask(p, 0.15).any()
+
+
+def test_a_threshold_at_or_above_even_odds_is_a_plain_comparison():
+    p = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    for threshold in (SEED_PROBABILITY, 0.7):
+        np.testing.assert_array_equal(defect_mask(p, threshold), p >= np.float32(threshold))
 
 
 def test_components_largest_first_with_box_area_and_peak():

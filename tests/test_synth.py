@@ -10,7 +10,7 @@ from training.cli import main
 from training.inference.images import read_png_array
 from training.renderer.defects import CLASS_IDS, CLASSES
 from training.renderer.physics import PhysicsRanges, parse_range
-from training.renderer.surface import Part, SurfaceConfig, rasterize_parts
+from training.renderer.surface import Part, SurfaceConfig, packed_grains, rasterize_parts
 from training.renderer.synth import SynthConfig, generate_layer, synthesize
 
 SMALL = SynthConfig(size=96)  # randomized physics, the default
@@ -248,6 +248,24 @@ def test_optical_blur_removes_fine_detail():
     sharp = generate_layer(_randomized(blur_px=0.0, read_noise_e=2.0), seed=3, index=0)
     blurred = generate_layer(_randomized(blur_px=1.2, read_noise_e=2.0), seed=3, index=0)
     assert detail(blurred) < 0.6 * detail(sharp)
+
+
+def test_packed_grains_give_the_powder_sharper_pixel_scale_texture_than_a_smooth_field():
+    def detail(layer):  # high-pass energy against the layer's level: what exposure does cancels
+        return np.mean(
+            [np.abs(cv2.Laplacian(im.astype(np.float32), cv2.CV_32F)).mean() / im.mean() for im in layer.images]
+        )
+
+    settings = {"blur_px": 0.0, "read_noise_e": 2.0, "powder_roughness_um": 8.0, "particle_diameter_um": 30.0}
+    smooth = generate_layer(_randomized(powder_particles=0.0, **settings), seed=3, index=0)
+    grains = generate_layer(_randomized(powder_particles=1.0, **settings), seed=3, index=0)
+    assert detail(grains) > 1.3 * detail(smooth)
+
+
+def test_packed_grains_are_a_standardised_field_of_caps_and_gaps():
+    field = packed_grains(np.random.default_rng(0), (128, 128), diameter_px=6.0)
+    assert abs(field.mean()) < 1e-5 and field.std() == pytest.approx(1.0, abs=1e-4)
+    assert (field == field.min()).mean() > 0.05  # gaps between grains sit at one depth
 
 
 @pytest.mark.parametrize(("powder", "part", "parts_brighter"), [(0.6, 0.3, False), (0.3, 0.8, True)])

@@ -52,7 +52,8 @@ class PhysicsRanges:
     | light_intensity | 0.75-1.25 | relative | per light: radiance scale against the exposure reference |
     | powder_albedo | 0.25-0.7 | | diffuse reflectance of the powder |
     | particle_diameter_um | 20-60 | micrometres | powder grain scale (roughness and albedo texture) |
-    | powder_roughness_um | 1.5-5 | micrometres | height deviation of the powder at particle scale |
+    | powder_roughness_um | 1.5-10 | micrometres | height deviation of the powder at particle scale |
+    | powder_particles | 0-1 | share | how much of that texture is packed grains (caps and gaps), not a smooth field |
     | melted_albedo | 0.25-0.9 | | diffuse reflectance of parts melted in this layer (darker or brighter than powder) |
     | melted_specular | 0.05-0.8 | | specular strength of parts |
     | melted_shininess | 8-80 (log-uniform) | | Blinn-Phong exponent of parts |
@@ -78,7 +79,8 @@ class PhysicsRanges:
     light_intensity: Range = (0.75, 1.25)
     powder_albedo: Range = (0.25, 0.7)
     particle_diameter_um: Range = (20.0, 60.0)
-    powder_roughness_um: Range = (1.5, 5.0)
+    powder_roughness_um: Range = (1.5, 10.0)
+    powder_particles: Range = (0.0, 1.0)
     melted_albedo: Range = (0.25, 0.9)
     melted_specular: Range = (0.05, 0.8)
     melted_shininess: Range = (8.0, 80.0)
@@ -113,6 +115,7 @@ LIMITS: dict[str, Limit] = {
     "powder_albedo": Limit(0.0, 1.0, open_low=True),
     "particle_diameter_um": Limit(0.0, open_low=True, unit="micrometres"),
     "powder_roughness_um": Limit(0.0, unit="micrometres"),
+    "powder_particles": Limit(0.0, 1.0, unit="share of the powder texture"),
     "melted_albedo": Limit(0.0, 1.0, open_low=True),
     "melted_specular": Limit(0.0),
     "melted_shininess": Limit(1.0),
@@ -127,6 +130,7 @@ SURFACE_FIELDS = (
     "powder_albedo",
     "particle_diameter_um",
     "powder_roughness_um",
+    "powder_particles",
     "melted_albedo",
     "melted_specular",
     "melted_shininess",
@@ -198,6 +202,7 @@ class LayerPhysics:
     read_noise_e: float
     blur_px: float
     pitch_um: float
+    powder_particles: float = 0.0  # drawn last, so the fields above keep the values a seed gave before it existed
 
     @classmethod
     def fixed(

@@ -1,7 +1,8 @@
 """The defect-free surface of one layer: a powder bed with printed part cross-sections.
 
 Heights are in micrometres, relative to the nominal top of the freshly spread powder. Powder is rough at particle
-scale and uneven at millimetre scale, with low, matte reflectance. Part cross-sections melted in this layer sit
+scale (a smooth random field, packed spherical grains with gaps between them, or a mix: `powder_particles`) and
+uneven at millimetre scale, with low, matte reflectance. Part cross-sections melted in this layer sit
 slightly lower (melting consolidates the powder), are smoother and shinier, and carry scan-track ripples along a
 hatch angle that rotates from layer to layer, framed by a contour track.
 """
@@ -21,6 +22,7 @@ from training.renderer.lighting import Materials
 class SurfaceConfig:
     particle_diameter_um: float = 35.0
     powder_roughness_um: float = 3.0
+    powder_particles: float = 0.0  # share of the particle-scale texture made of discrete grains (0: a smooth field)
     unevenness_um: float = 3.0
     unevenness_scale_um: float = 2000.0
     powder_albedo: float = 0.45
@@ -91,6 +93,33 @@ def correlated_noise(rng: np.random.Generator, shape: tuple[int, int], sigma_px:
     return field / max(float(field.std()), 1e-12)
 
 
+def packed_grains(rng: np.random.Generator, shape: tuple[int, int], diameter_px: float) -> np.ndarray:
+    """Heights of spherical grains of `diameter_px` whose centres are scattered one per grain area: each pixel
+    takes the cap of its nearest grain, zero in the gaps between them. Zero mean and unit standard deviation."""
+    h, w = shape
+    radius = max(diameter_px / 2.0, 0.5)
+    count = max(1, round(h * w / (2.0 * radius) ** 2))
+    centres = np.full(shape, 255, np.uint8)
+    centres[rng.integers(0, h, count), rng.integers(0, w, count)] = 0
+    distance = cv2.distanceTransform(centres, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    field = np.sqrt(np.maximum(radius**2 - distance**2, 0.0))
+    field = field - field.mean()
+    return field / max(float(field.std()), 1e-12)
+
+
+def powder_texture(
+    rng: np.random.Generator, shape: tuple[int, int], diameter_px: float, particles: float
+) -> np.ndarray:
+    """The powder's particle-scale height pattern, zero mean and unit standard deviation: a smooth random field
+    with the grains' correlation length, packed discrete grains, or a mix weighted by `particles` (0..1). With
+    particles at 0 the generator draws exactly what it drew before grains existed."""
+    smooth = correlated_noise(rng, shape, 0.5 * diameter_px)
+    if particles <= 0.0:
+        return smooth
+    mixed = (1.0 - particles) * smooth + particles * packed_grains(rng, shape, diameter_px)
+    return mixed / max(float(mixed.std()), 1e-12)
+
+
 def random_parts(rng: np.random.Generator, size: int, count: int) -> list[Part]:
     """A few polygons (rotated rectangles, convex polygons) and ellipses inside a size x size field."""
     parts: list[Part] = []
@@ -149,7 +178,8 @@ def layer_surface(
 ) -> Surface:
     """Height and reflectance of a defect-free layer at render resolution (pitch_um per pixel)."""
     shape = part_mask.shape
-    powder = config.powder_roughness_um * correlated_noise(rng, shape, 0.5 * config.particle_diameter_um / pitch_um)
+    powder = config.powder_roughness_um * powder_texture(rng, shape, config.particle_diameter_um / pitch_um,
+                                                         config.powder_particles)  # fmt: skip
     uneven = config.unevenness_um * correlated_noise(rng, shape, config.unevenness_scale_um / pitch_um)
     powder_height = powder + uneven
 
