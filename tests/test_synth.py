@@ -1,6 +1,7 @@
 import dataclasses
 import hashlib
 import json
+import re
 
 import cv2
 import numpy as np
@@ -316,6 +317,12 @@ def test_pitch_sets_the_size_of_a_defect_in_pixels():
 def test_physics_ranges_reject_bad_values(change, message):
     with pytest.raises(ValueError, match=message):
         PhysicsRanges(**change)
+
+
+def test_the_physics_ranges_table_states_the_defaults():
+    rows = re.findall(r"^\s*\| (\w+) \| (-?[\d.]+)-(-?[\d.]+)", PhysicsRanges.__doc__ or "", flags=re.MULTILINE)
+    stated = {name: (float(low), float(high)) for name, low, high in rows}
+    assert stated == {f.name: getattr(PhysicsRanges(), f.name) for f in dataclasses.fields(PhysicsRanges)}
 
 
 def test_physics_ranges_round_trip_through_json_with_partial_overrides():

@@ -87,7 +87,9 @@ class Familiarity:
 class Detection:
     """What the probabilities say, at a threshold: the part of the answer that evaluation shares."""
 
-    defect: bool = _info("true when any pixel's probability is at or above the threshold")
+    defect: bool = _info(
+        "true when the mask holds a region: pixels at or above the threshold, of which one at least reaches even odds"
+    )
     max_confidence: float = _info("highest defect probability in the layer", minimum=0, maximum=1)
     threshold: float = _info("decision threshold used: the request's, else the model's",
                              exclusiveMinimum=0, exclusiveMaximum=1)  # fmt: skip
