@@ -382,8 +382,8 @@ def trained(data_dir: Path, run_dir: Path, profile: TrainConfig, source: dict[st
     labels it learned from) unless a decision for these weights is there. Returns the config with the threshold,
     the model and the training summary."""
     settings = {"data": source, "profile": dataclasses.asdict(profile), "labels": labels, "seed": TRAIN_SEED}
-    if init is not None:
-        settings["init"] = str(init)
+    if init is not None:  # the weights, not only the path: a retrained base model means a new fine-tuned one
+        settings["init"] = {"checkpoint": str(init), "weights": state_digest(load_checkpoint(init)[2]["state_dict"])}
     checkpoint = run_dir / "checkpoint.pt"
     record = None if retrain else _reusable(run_dir, settings)
     if record and checkpoint.exists():

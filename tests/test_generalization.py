@@ -169,3 +169,12 @@ def test_tiny_run_writes_a_document_naming_every_test_set_and_reuses_its_model(t
     config, _, summary = gen.trained(prepared, run_dir, profile, source, retrain=False, command="")
     assert (run_dir / "checkpoint.pt").stat().st_mtime_ns == written  # reused, not trained again
     assert (config.threshold, summary["epochs_run"]) == (model.threshold, model.epochs_run)
+
+    tuned_checkpoint = tmp_path / "work" / "runs" / "intensity-randomised-tuned" / "checkpoint.pt"
+    tuned_written = tuned_checkpoint.stat().st_mtime_ns
+    gen.fine_tuned(settings, "intensity", "randomised", profile, run_dir / "checkpoint.pt", [])
+    assert tuned_checkpoint.stat().st_mtime_ns == tuned_written  # same base weights: the fine-tuned model is reused
+    other = dataclasses.replace(profile, lr=profile.lr / 2)
+    gen.trained(prepared, run_dir, other, source, retrain=False, command="")  # the base model trained anew, otherwise
+    gen.fine_tuned(settings, "intensity", "randomised", profile, run_dir / "checkpoint.pt", [])
+    assert tuned_checkpoint.stat().st_mtime_ns != tuned_written  # new base weights: fine-tuned anew from them

@@ -48,7 +48,8 @@ def _intro(result: Generalization) -> list[str]:
         "validation layers (the rule and the scores there are in the table of models); it is then scored at that "
         f"threshold on {len(tests)} test sets of {tests[0].layers} layers each, rendered with seeds that no training "
         "layer used and read straight from their raw images and truth. Inference is the service's: tiled "
-        "probabilities, the mask at the threshold, and a layer is flagged when any pixel reaches it.",
+        "probabilities, the mask at the threshold (the regions at or above it that reach even odds somewhere: "
+        "`defect_mask`), and a layer is flagged when its mask holds a region.",
         "",
         "Training sets (same layer count and seed):",
         "",
