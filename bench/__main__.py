@@ -168,6 +168,9 @@ def run_matrix(args: argparse.Namespace, argv: list[str]) -> str:
 
 
 def add_second_renderer(sub: argparse._SubParsersAction) -> None:
+    from bench.second_renderer import SecondRendererConfig
+
+    d = SecondRendererConfig()  # the defaults shown and used are the config's own
     p = sub.add_parser(
         "second-renderer",
         help="render layers with an independent renderer (no code shared with training.renderer) to test generalisation",
@@ -175,16 +178,19 @@ def add_second_renderer(sub: argparse._SubParsersAction) -> None:
         "shadows and its own camera; writes OUT/raw/<layer>_a{0,1,2}.png, truth/, meta/ and render_config.json, the "
         "layout `python -m training prepare` reads. The same arguments give the same bytes.",
     )
+    lights = ",".join(f"{a:g}" for a in d.azimuths_deg)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--layers", type=int, required=True, help="number of layers")
     p.add_argument("--seed", type=int, default=0, help="default: 0")
     p.add_argument("--start", type=int, default=0, help="index of the first layer (default: 0)")
-    p.add_argument("--size", type=int, default=512, help="layer side in pixels (default: 512)")
-    p.add_argument("--pitch", type=float, default=25.0, help="micrometres per pixel (default: 25)")
-    p.add_argument("--lights", default="0,120,240", help="azimuths of images a0,a1,a2 in degrees (default: 0,120,240)")
-    p.add_argument("--elevation", type=float, default=30.0, help="light elevation in degrees (default: 30)")
-    p.add_argument("--bit-depth", type=int, default=8, help="8 or 16 (default: 8)")
-    p.add_argument("--clean-fraction", type=float, default=0.2, help="share of defect-free layers (default: 0.2)")
+    p.add_argument("--size", type=int, default=d.size, help=f"layer side in pixels (default: {d.size})")
+    p.add_argument("--pitch", type=float, default=d.pitch_um, help=f"micrometres per pixel (default: {d.pitch_um:g})")
+    p.add_argument("--lights", default=lights, help=f"azimuths of images a0,a1,a2 in degrees (default: {lights})")
+    p.add_argument("--elevation", type=float, default=d.elevation_deg,
+                   help=f"light elevation in degrees (default: {d.elevation_deg:g})")  # fmt: skip
+    p.add_argument("--bit-depth", type=int, default=d.bit_depth, help=f"8 or 16 (default: {d.bit_depth})")
+    p.add_argument("--clean-fraction", type=float, default=d.clean_fraction,
+                   help=f"share of defect-free layers (default: {d.clean_fraction:g})")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="processes rendering layers (default: 1)")
     p.set_defaults(run=run_second_renderer)
 

@@ -34,7 +34,7 @@ from training.inference.config import REPRESENTATIONS, Decision, ModelConfig
 from training.inference.familiarity import assess
 from training.inference.images import read_png_array, write_json
 from training.inference.model import load_checkpoint, state_digest
-from training.inference.postprocess import defect_mask, detect
+from training.inference.postprocess import defect_mask
 from training.inference.tiling import predict_tiled
 from training.learning.evaluate import Rule, evaluate_checkpoint
 from training.learning.metrics import FOUND_COVERAGE, Counts, components_found, confusion
@@ -208,7 +208,7 @@ class Scores:
 def score(probabilities: Iterable[np.ndarray], truths: Iterable[np.ndarray], threshold: float,
           coverage: float = FOUND_COVERAGE, unfamiliar: int = 0) -> Scores:  # fmt: skip
     """Scores of (H, W) probabilities against (H, W) truth maps (0 = no defect, else a class id) at `threshold`,
-    with the decision the served answer makes on clean layers (`detect(...).defect`); `unfamiliar` is passed
+    with the decision the served answer makes on clean layers (`Detection.defect`); `unfamiliar` is passed
     through (the layers `familiarity.assess` doubted)."""
     counts = Counts()
     layers = clean = flagged = found = touched = defects = 0
@@ -223,7 +223,7 @@ def score(probabilities: Iterable[np.ndarray], truths: Iterable[np.ndarray], thr
             found, touched, defects = found + f, touched + t, defects + n
         if not truth.any():
             clean += 1
-            flagged += detect(probs, threshold, return_mask=False).defect
+            flagged += bool(mask.any())  # what the served answer's `defect` says: the mask holds a region
             shares.append(float(mask.mean()))
     return Scores(
         layers=layers,

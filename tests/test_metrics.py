@@ -37,9 +37,12 @@ def test_components_found_counts_touched_reference_components():
     reference[0, 0:2] = True  # component 1
     reference[4:6, 4:6] = True  # component 2
     predicted = np.zeros((6, 6), bool)
-    predicted[5, 5] = True
-    assert components_found(predicted, reference) == (1, 2)
-    assert components_found(predicted, np.zeros((6, 6), bool)) == (0, 0)
+    predicted[5, 5] = True  # touches component 2, covers a quarter of it
+    assert components_found(predicted, reference, coverage=0.0) == (1, 2)
+    assert components_found(predicted, reference, coverage=0.26) == (0, 2)  # just more than it covers
+    predicted[0, 0] = True  # half of component 1
+    assert components_found(predicted, reference, coverage=0.5) == (1, 2)
+    assert components_found(predicted, np.zeros((6, 6), bool), coverage=0.0) == (0, 0)
 
 
 def test_a_defect_counts_as_found_when_a_quarter_of_it_is_covered():

@@ -34,9 +34,15 @@ def test_bit_depth_sets_the_dtype(bit_depth, dtype):
     images, truth, meta = render_layer(dataclasses.replace(SMALL, bit_depth=bit_depth), 0, 0)
     assert [im.dtype for im in images] == [dtype] * 3 and truth.dtype == np.uint8
     assert all(im.shape == (96, 96) for im in [*images, truth])
-    assert images[0].tobytes() != images[1].tobytes() != images[2].tobytes()  # each light shades differently
+    assert len({im.tobytes() for im in images}) == 3  # each light shades differently
     assert int(max(im.max() for im in images)) > (1 << bit_depth) // 4  # the full range is used, not 8 bits in 16
     assert meta["bit_depth"] == bit_depth
+
+
+def test_its_truth_ids_are_the_ones_prepare_and_evaluation_read():
+    from training.renderer.defects import CLASS_IDS
+
+    assert {name: CLASSES.index(name) + 1 for name in CLASSES} == CLASS_IDS  # typed apart, so it stays independent
 
 
 @pytest.mark.parametrize("index", range(6))

@@ -7,8 +7,12 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.cli.common import command_line
+
+if TYPE_CHECKING:
+    from training.renderer.physics import PhysicsRanges
 
 log = logging.getLogger("training")
 
@@ -19,11 +23,18 @@ def _azimuths() -> str:
     return ",".join(f"{a:g}" for a in DEFAULT_AZIMUTHS_DEG)
 
 
+def _physics_ranges() -> PhysicsRanges:
+    """The default ranges, imported here so that building the parser stays light."""
+    from training.renderer.physics import PhysicsRanges
+
+    return PhysicsRanges()
+
+
 def _physics(name: str) -> tuple[str, str]:
     """The default range of a PhysicsRanges field as LOW:HIGH, and the values it accepts."""
-    from training.renderer.physics import LIMITS, PhysicsRanges
+    from training.renderer.physics import LIMITS
 
-    low, high = getattr(PhysicsRanges(), name)
+    low, high = getattr(_physics_ranges(), name)
     return f"{low:g}:{high:g}", str(LIMITS[name])
 
 
@@ -51,20 +62,20 @@ def add_synth(sub: argparse._SubParsersAction) -> None:
         "fixed settings (default: on, or as in --config)",
     )
     elevation, elevation_limits = _physics("elevation_deg")
-    jitter, _ = _physics("elevation_jitter_deg")
+    jitter = max(abs(v) for v in _physics_ranges().elevation_jitter_deg)
     pitch, pitch_limits = _physics("pitch_um")
     p.add_argument(
         "--elevation",
         metavar="DEG|LOW:HIGH",
         help=f"light elevation, {elevation_limits}: one number fixes it (randomized, each light still "
-        f"jitters by {jitter} degrees), LOW:HIGH sets the range each layer draws from "
-        f"(default: {elevation}; 30 with --no-randomize)",
+        f"jitters by up to {jitter:g} degrees), LOW:HIGH sets the range each layer draws from "
+        f"(default: {elevation}; with --no-randomize, SynthConfig.elevation_deg)",
     )
     p.add_argument(
         "--pitch",
         metavar="UM|LOW:HIGH",
         help=f"pixel pitch on the bed, {pitch_limits}: one number fixes it, LOW:HIGH sets the range each "
-        f"layer draws from (default: {pitch}; 25 with --no-randomize)",
+        f"layer draws from (default: {pitch}; with --no-randomize, SynthConfig.pitch_um)",
     )
     p.add_argument("--supersample", type=int, help="render pixels per camera pixel, per axis (default: 2)")
     p.add_argument("--bit-depth", type=int, choices=(8, 16), help="bits per pixel of the PNG files (default: 8)")

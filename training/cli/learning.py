@@ -44,7 +44,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--pos-weight",
         type=float,
-        help="BCE weight of defect pixels (default: the profile's, 1)",
+        help="BCE weight of defect pixels (default: the profile's; without one, from the labels' density)",
     )
     p.add_argument(
         "--pretrained", action="store_true", help="ImageNet encoder weights, only if already in the local cache"

@@ -19,7 +19,7 @@ from training.inference import serialize
 ENCODERS = ("mobilenet_v2",)
 # What the model sees (see `preprocess`), with the number of input channels of each.
 REPRESENTATIONS = {"shading": 3, "shading+albedo": 4, "intensity": 3}
-# smp's default U-Net decoder (the prototype's): 88% of the 13.4 GMAC of a 512 x 512 frame.
+# smp's default U-Net decoder (the prototype's): most of the 13.4 GMAC of a 512 x 512 frame.
 SMP_DECODER = (256, 128, 64, 32, 16)
 # Ours: 3.7 GMAC a frame (`bench.model.conv_macs` counts them), so many more training steps per minute on a CPU.
 DECODER = (64, 32, 16, 16, 8)

@@ -19,13 +19,14 @@ The statistics (their names: `STATISTICS`, one entry each), each taken on every 
 The rule (`unfamiliar`): a statistic is out of range when it lies outside its training range widened on each side
 by half the range's width plus the statistic's floor (`Statistic.floor`: the absolute part, so a statistic that
 barely varied in training, such as `saturated` on well-exposed layers, is not tripped by noise). A layer is also
-doubtful when the model flags more than `MAX_FLAGGED_SHARE` (60%) of its pixels as defect. Defects are sized in
-micrometres, so their share depends on the field of view: at the synthetic printer's default field (512 pixels at
-25 um, 12.8 mm), incomplete spreading up to 3 mm deep across the width covers about a quarter of the layer and,
-with a hopping band up to 4 mm long on the same layer, about half; a camera over a whole build plate sees far more
-powder around them. So a model that flags most of a layer more likely reads a changed input than powder. On a
-smaller field (a crop, a finer pitch) genuine defects can cover more: raise the limit there. Models trained before
-the ranges were recorded (`ModelConfig.input_ranges` None) get the flagged-share rule only.
+doubtful when the model flags more than `MAX_FLAGGED_SHARE` of its pixels as defect. Defects are sized in
+micrometres, so their share depends on the field of view: a camera over a whole build plate (hundreds of
+millimetres) sees far more powder around even the largest missing-powder region than it covers, so a model that
+flags most of such a layer more likely reads a changed input than powder. The synthetic layers are small fields
+(512 pixels at the pitches `PhysicsRanges` draws): there the largest incomplete spreading (`defects.DEFAULT_SPECS`)
+can cover most of a genuine layer, and this rule then calls it unfamiliar. On a small field (a crop, a fine pitch)
+raise the limit. Models trained before the ranges were recorded (`ModelConfig.input_ranges` None) get the
+flagged-share rule only.
 
 numpy and the shared preprocessing, no torch: this module ships in every archive.
 """
@@ -168,8 +169,8 @@ def unfamiliar(
             reasons.append(f"{name}: {kind.shown.format(value=value, low=low, high=high)}: {kind.advice}")
     if flagged_share is not None and flagged_share > max_flagged_share:
         reasons.append(
-            f"flagged share: {flagged_share:.0%} of the layer marked as defect, more than the {max_flagged_share:.0%} "
-            "that even large spreading defects cover: check the camera and lights before the powder"
+            f"flagged share: {flagged_share:.0%} of the layer marked as defect, more than {max_flagged_share:.0%}: "
+            "check the camera and lights before the powder"
         )
     return reasons
 

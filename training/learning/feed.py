@@ -56,9 +56,8 @@ def initial_config(
     label density of the training layers and the BCE weight of defect pixels (given, else the profile's, else from
     that density)."""
     density = float(np.mean([r.label.mean() for r in train_records]))
-    if pos_weight is None:
-        pos_weight = profile.pos_weight if profile.pos_weight is not None else pos_weight_from_density(density)
-    weight = pos_weight
+    given = pos_weight if pos_weight is not None else profile.pos_weight
+    weight = given if given is not None else pos_weight_from_density(density)
     model = {"representation": profile.representation} if profile.representation else {}
     if profile.decoder_channels:
         model["decoder_channels"] = profile.decoder_channels

@@ -98,7 +98,7 @@ def setup(data_dir: Path, out_dir: Path, profile: TrainConfig, labels: str, mask
     elif pretrained:
         loaded = load_pretrained_encoder(model, config.encoder)
         config = config.replace(training={**config.training, "pretrained": loaded})
-    model.to(device, memory_format=torch.channels_last)  # measured 1.35x faster steps on 2 CPU cores
+    model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPUs (measured: steps of 160² crops)
     net: torch.nn.Module = DistributedDataParallel(model) if processes.distributed else model
     feed = Feed.build(train_records, config, profile, processes, seed, loader_workers)
     optimizer = torch.optim.AdamW(net.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
