@@ -353,7 +353,7 @@ def test_parse_range_takes_one_number_or_low_high(text, expected):
         ("20:", "--elevation takes one number"),
         ("10:20:30", "--elevation takes one number"),
         ("nan", "--elevation takes one number"),
-        ("60:20", "--elevation range must be LOW:HIGH with LOW <= HIGH"),
+        ("60:20", "--elevation must be a range with low <= high"),
         ("95", r"--elevation must be within \[5, 85\] degrees above the bed, got '95'"),
     ],
 )
@@ -366,7 +366,7 @@ def test_parse_range_rejects_bad_text_naming_the_option(text, message):
     ("args", "message"),
     [
         (["--elevation", "abc"], "--elevation takes one number"),
-        (["--pitch", "40:15"], "--pitch range must be LOW:HIGH"),
+        (["--pitch", "40:15"], "--pitch must be a range with low <= high"),
         (["--pitch", "0"], "--pitch must be above 0 micrometres"),
         (["--elevation", "20:40", "--no-randomize"], "with --no-randomize give one number"),
     ],

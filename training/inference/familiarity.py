@@ -45,7 +45,6 @@ from training.inference.preprocess import (
     log_ratios,
     model_channels,
     robust_spread,
-    shading_from_ratios,
     to_unit,
 )
 
@@ -118,13 +117,10 @@ def layer_statistics(stack: np.ndarray, config: ModelConfig) -> dict[str, float]
     full_scale = np.iinfo(stack.dtype).max
     exposure = np.median(sample.reshape(-1, lights).T, axis=1) / full_scale  # (lights,)
     sigma = config.background_sigma_px / STATISTICS_STRIDE  # the sample's pixels are the stride apart
-    ratios, mean_log = log_ratios(unit, sigma)
-    # The model input of the sample: the intensity input is per pixel, so exactly the sample of the layer's input;
-    # the shading input is taken with its background scale shrunk by the stride, from the same ratios.
-    if config.representation == "intensity":
-        model_input = model_channels(sample, config)
-    else:
-        model_input = shading_from_ratios(ratios, mean_log, sigma, albedo=config.representation == "shading+albedo")
+    ratios, _ = log_ratios(unit, sigma)
+    # The model input of the sample, with the background scale shrunk by the stride (the intensity input is per
+    # pixel, so exactly the sample of the layer's input).
+    model_input = model_channels(sample, config, background_sigma_px=sigma)
     values = {
         **{f"{PER_LIGHT}_{k}": float(exposure[k]) for k in range(lights)},
         "saturated": float(np.mean(sample >= full_scale)),

@@ -38,16 +38,18 @@ def to_unit(stack: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected 8- or 16-bit pixels, got {stack.dtype}")
 
 
-def model_channels(stack: np.ndarray, config: ModelConfig) -> np.ndarray:
+def model_channels(stack: np.ndarray, config: ModelConfig, background_sigma_px: float | None = None) -> np.ndarray:
     """(H, W, 3) uint8/uint16 stack of the three lights -> (C, H, W) float32 model input for the config's
-    representation. Statistics are taken over the whole layer, so tiles of a large layer see one input."""
+    representation. Statistics are taken over the whole layer, so tiles of a large layer see one input.
+    `background_sigma_px` replaces the config's background scale (a subsampled layer needs it shrunk)."""
     lights = len(config.azimuths_deg)
     if stack.ndim != 3 or stack.shape[2] != lights:
         raise ValueError(f"expected an (H, W, {lights}) stack, one image per light, got shape {stack.shape}")
     unit = to_unit(stack)
     if config.representation == "intensity":
         return normalize(unit, config)
-    channels = shading_channels(unit, config.background_sigma_px, albedo=config.representation == "shading+albedo")
+    sigma = config.background_sigma_px if background_sigma_px is None else background_sigma_px
+    channels = shading_channels(unit, sigma, albedo=config.representation == "shading+albedo")
     return np.ascontiguousarray(channels.transpose(2, 0, 1))
 
 

@@ -140,23 +140,27 @@ SURFACE_FIELDS = (
 DRAWN_BY_CAMERA = ("vignetting", "illumination_gradient")  # drawn from the layer's own stream, as CameraConfig's
 
 
-def check_range(name: str, value: Range) -> Range:
-    """`value` as a (low, high) range of setting `name`; ValueError unless low <= high, both within its limits."""
+def check_range(name: str, value: Range, label: str = "", shown: str = "") -> Range:
+    """`value` as a (low, high) range of setting `name`; ValueError unless low <= high, both within its limits.
+
+    `label` names the value in the message (default "physics range NAME"), `shown` is how it was given (default
+    its repr): the command line passes its option and text.
+    """
+    label, shown = label or f"physics range {name}", shown or repr(value)
     if len(value) != 2 or not all(isinstance(v, int | float) and math.isfinite(v) for v in value):
-        raise ValueError(f"physics range {name} must be two finite numbers (low, high), got {value!r}")
+        raise ValueError(f"{label} must be two finite numbers (low, high), got {shown}")
     low, high = float(value[0]), float(value[1])
     if low > high:
-        raise ValueError(f"physics range {name} must be (low, high) with low <= high, got {value!r}")
+        raise ValueError(f"{label} must be a range with low <= high, got {shown}")
     limit = LIMITS[name]
     if not (limit.holds(low) and limit.holds(high)):
-        raise ValueError(f"physics range {name} must be {limit}, got {value!r}")
+        raise ValueError(f"{label} must be {limit}, got {shown}")
     return (low, high)
 
 
 def parse_range(text: str, option: str, name: str) -> Range:
     """Parse a command-line value of setting `name`: one number (low == high, which fixes it) or LOW:HIGH."""
     default = getattr(PhysicsRanges(), name)
-    example = f"{default[0]:g}:{default[1]:g}"
     parts = text.split(":")
     try:
         values = [float(p) for p in parts]
@@ -164,15 +168,10 @@ def parse_range(text: str, option: str, name: str) -> Range:
         values = []
     if len(parts) not in (1, 2) or len(values) != len(parts) or not all(math.isfinite(v) for v in values):
         raise ValueError(
-            f"{option} takes one number (fixes it) or a range LOW:HIGH such as {example} ({LIMITS[name].unit}), "
-            f"got {text!r}"
+            f"{option} takes one number (fixes it) or a range LOW:HIGH such as {default[0]:g}:{default[1]:g} "
+            f"({LIMITS[name].unit}), got {text!r}"
         )
-    low, high = values[0], values[-1]
-    if low > high:
-        raise ValueError(f"{option} range must be LOW:HIGH with LOW <= HIGH, got {text!r}")
-    if not (LIMITS[name].holds(low) and LIMITS[name].holds(high)):
-        raise ValueError(f"{option} must be {LIMITS[name]}, got {text!r}")
-    return (low, high)
+    return check_range(name, (values[0], values[-1]), option, repr(text))
 
 
 class Generator(Protocol):  # numpy.random.Generator, without importing numpy here
