@@ -414,7 +414,7 @@ def read_layers(folder: Path, lights: int) -> Iterator[tuple[np.ndarray, np.ndar
 def score_model(model: Any, config: ModelConfig, folder: Path, name: str) -> Scores:
     """Tiled inference of every layer of a test folder, scored at the config's threshold."""
     pairs = list(read_layers(folder, len(config.azimuths_deg)))
-    probabilities = [predict_tiled(model, stack, config) for stack, _ in tqdm(pairs, desc=name, unit="layer")]
+    probabilities = [predict_tiled(model, stack, config).defect for stack, _ in tqdm(pairs, desc=name, unit="layer")]
     doubted = sum(
         not assess(stack, config, float(defect_mask(probs, config.threshold).mean())).familiar
         for (stack, _), probs in zip(pairs, probabilities, strict=True)

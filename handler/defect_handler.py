@@ -77,18 +77,19 @@ class DefectHandler(BaseHandler):
     def _answer(self, request: dict[str, Any], idx: int) -> Answer:
         started = time.perf_counter()
         blobs, names, options = parse_request(request, self.config.image_fields)
-        threshold, return_mask = request_options(options, self.config.threshold)
+        asked = request_options(options, self.config)
         try:
             layer = decode_layer(blobs, names, self.serving.max_image_pixels, min_side=self.config.size_multiple)
         except LayerError as err:
             raise BadRequest.from_layer_error(err) from err
         decoded = time.perf_counter()
-        probabilities = predict_tiled(
+        prediction = predict_tiled(
             self.model, layer.stack, self.config, self.serving.tile_overlap, self.serving.tile_batch
-        )  # (H, W) float32
+        )
         inferred = time.perf_counter()
-        detection = detect(probabilities, threshold, return_mask, self.serving.max_components)
-        familiarity = assess(layer.stack, self.config, detection.defect_area_px / probabilities.size)
+        detection = detect(prediction, asked.threshold, asked.return_mask, self.serving.max_components, asked.scale,
+                           asked.ignore_classes, asked.mask_format)  # fmt: skip
+        familiarity = assess(layer.stack, self.config, detection.flagged_px / prediction.defect.size)
         done = time.perf_counter()
         answer = Answer.of(
             detection,

@@ -1,6 +1,6 @@
 """A serving request -> three encoded images and options: TorchServe's request dicts, whether multipart (the
-ModelConfig's image fields, angle0..2, and the text fields threshold, return_mask) or a JSON body
-{"images": [b64 x 3]}.
+ModelConfig's image fields, angle0..2, and the text fields of OPTION_FIELDS) or a JSON body
+{"images": [b64 x 3], option: value, ...}.
 
 `BadRequest` carries the HTTP status and a machine-readable reason with a message that says what was wrong.
 """
@@ -11,23 +11,26 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from training.inference.answer import ErrorAnswer
-from training.inference.config import image_field
+from training.inference.answer import MASK_FORMATS, UNKNOWN_SCALE, ErrorAnswer, Scale
+from training.inference.classes import check_class_names
+from training.inference.config import ModelConfig, check_pitch, image_field
 from training.inference.layer import LIGHTS, LayerError
 from training.inference.layer import REASONS as LAYER_REASONS
 from training.inference.postprocess import check_threshold
 
 IMAGE_FIELDS = tuple(image_field(k) for k in range(LIGHTS))  # a three-light model's fields (ModelConfig.image_fields)
-OPTION_FIELDS = ("threshold", "return_mask")
+OPTION_FIELDS = ("threshold", "return_mask", "mask_format", "ignore_classes", "pitch_um")
 STATUS_PHRASES = {400: "Bad Request", 413: "Payload Too Large"}
 # Every reason a request is refused for: the request's own, then the layer's (decode and checks).
 REASONS: dict[str, str] = {
     "unexpected_field": "a field or JSON key the API does not know",
     "invalid_json": "the body is neither multipart nor the documented JSON object",
     "invalid_base64": "an image in a JSON body is not a base64 string",
-    "invalid_option": "threshold or return_mask has a value outside what is accepted",
+    "invalid_option": "an option (threshold, return_mask, mask_format, ignore_classes, pitch_um) has a value outside "
+    "what is accepted",
     **LAYER_REASONS,
 }
 
@@ -145,11 +148,60 @@ def parse_request(
     return [_b64(v, n) for v, n in zip(images, names, strict=True)], names, options
 
 
-def request_options(options: dict[str, Any], default_threshold: float) -> tuple[float, bool]:
-    """(threshold, return_mask) of a request: its own threshold (0..1) if it sent one, else the model's."""
+@dataclass(frozen=True)
+class Options:
+    """What a request asks beyond its images, checked against the model that answers it."""
+
+    threshold: float
+    return_mask: bool = True
+    mask_format: str = "binary"
+    ignore_classes: tuple[str, ...] = ()
+    scale: Scale = UNKNOWN_SCALE
+
+
+def request_options(options: dict[str, Any], config: ModelConfig) -> Options:
+    """A request's options: its own threshold (0..1) if it sent one, else the model's; whether to return the mask
+    and in which format; classes to leave out of the decision (a class model's only); its own pitch, else the
+    model's. BadRequest naming the field and what it accepts."""
     try:
-        threshold = check_threshold(options["threshold"]) if "threshold" in options else default_threshold
+        threshold = check_threshold(options["threshold"]) if "threshold" in options else config.threshold
+        pitch = check_pitch(_text(options["pitch_um"]), "pitch_um") if "pitch_um" in options else None
     except ValueError as err:
         raise BadRequest(str(err), "invalid_option") from err
     return_mask = flag(options["return_mask"], "return_mask") if "return_mask" in options else True
-    return threshold, return_mask
+    mask_format = _text(options.get("mask_format", "binary")).strip()
+    if mask_format not in MASK_FORMATS:
+        raise BadRequest(
+            f"mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format[:40]!r}", "invalid_option"
+        )
+    names = _class_list(options.get("ignore_classes", ()))
+    if (names or mask_format == "classes") and not config.class_names:
+        field = "ignore_classes" if names else "mask_format classes"
+        raise BadRequest(
+            f"{field} needs a model with defect classes; this model answers without them", "invalid_option"
+        )
+    try:
+        ignore = check_class_names(names, config.class_names, "ignore_classes class")
+    except ValueError as err:
+        raise BadRequest(str(err), "invalid_option") from err
+    if pitch is not None:
+        scale = Scale(pitch, "request", "")
+    elif config.pitch_um is not None:
+        scale = Scale(config.pitch_um, "model", "")
+    else:
+        scale = UNKNOWN_SCALE
+    return Options(threshold, return_mask, mask_format, ignore, scale)
+
+
+def _class_list(value: Any) -> tuple[str, ...]:
+    """ignore_classes as names: a JSON list of strings, or comma-separated text (a multipart field)."""
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, str) for v in value):
+            raise BadRequest("ignore_classes must be a list of class names (strings)", "invalid_option")
+        return tuple(v.strip() for v in value if v.strip())
+    if isinstance(value, (str, bytes, bytearray)):
+        return tuple(n.strip() for n in _text(value).split(",") if n.strip())
+    raise BadRequest(
+        f"ignore_classes must be a list of class names or comma-separated text, got {type(value).__name__}",
+        "invalid_option",
+    )

@@ -4,8 +4,11 @@ import cv2
 import numpy as np
 import pytest
 
+from training.inference.answer import Scale
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.postprocess import (
     SEED_PROBABILITY,
+    Prediction,
     check_threshold,
     components,
     defect_mask,
@@ -121,3 +124,62 @@ def test_peaks_and_order_match_a_plain_loop_on_a_noisy_mask():
         key=lambda t: (-t[0], t[1], t[2]),
     )[:50]
     assert [(c.area_px, c.bbox[1], c.bbox[0], c.max_confidence) for c in found] == expected
+
+
+def class_prediction() -> Prediction:
+    """Two regions: a streak (class 0) at the top left, spatter (class 4) at the right, one pixel of it pit."""
+    p = probabilities()
+    classes = np.zeros((len(DEFECT_CLASSES), *p.shape), np.float32)
+    classes[0] = p  # everything streak ...
+    classes[0, 10:12, 20:21], classes[4, 10:12, 20:21] = 0.1, 0.5  # ... but the 2-pixel region: spatter
+    classes[0, 15, 25], classes[5, 15, 25] = 0.0, 0.5  # and the single pixel: pit
+    return Prediction(p, classes, DEFECT_CLASSES)
+
+
+def test_each_region_gets_the_class_with_most_of_its_probability():
+    found = {c.bbox: c for c in detect(class_prediction(), 0.5).components}
+    assert found[(3, 2, 6, 4)].class_name == "recoater_streak" and found[(3, 2, 6, 4)].class_confidence == 1.0
+    assert found[(20, 10, 1, 2)].class_name == "spatter"
+    assert found[(20, 10, 1, 2)].class_confidence == pytest.approx(0.5 / 0.6, abs=1e-4)
+    assert found[(25, 15, 1, 1)].class_name == "pit"
+
+
+def test_class_summary_lists_every_class_and_ignored_ones_leave_the_decision():
+    answer = detect(class_prediction(), 0.5, ignore_classes=("spatter", "pit"))
+    summary = {c.name: c for c in answer.class_summary}
+    assert list(summary) == list(DEFECT_CLASSES)
+    assert (summary["spatter"].components, summary["spatter"].area_px, summary["spatter"].counted) == (1, 2, False)
+    assert (summary["recoater_streak"].components, summary["recoater_streak"].area_px) == (1, 24)
+    assert summary["swelling"].components == 0 and summary["swelling"].counted
+    assert answer.defect_area_px == 24 and answer.components_total == 1 and answer.bbox == (3, 2, 6, 4)
+    assert answer.flagged_px == 27 and answer.ignored_classes == ("spatter", "pit")
+    right = np.arange(30) >= 20  # only the spatter and the pit
+    only_spatter = Prediction(class_prediction().defect * right, class_prediction().classes * right, DEFECT_CLASSES)
+    assert not detect(only_spatter, 0.5, ignore_classes=("spatter", "pit")).defect
+
+
+def test_class_map_mask_holds_each_pixels_class():
+    answer = detect(class_prediction(), 0.5, mask_format="classes")
+    assert answer.mask.kind == "classes"
+    data = cv2.imdecode(np.frombuffer(base64.b64decode(answer.mask.data), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert data[3, 4] == 1 and data[10, 20] == 5 and data[15, 25] == 6 and data[0, 0] == 0
+    assert detect(class_prediction(), 0.5).mask.kind == "binary"
+
+
+def test_millimetres_follow_the_pitch_and_are_null_without_one():
+    known = detect(probabilities(), 0.5, scale=Scale(25.0, "model", ""))
+    assert known.defect_area_mm2 == pytest.approx(27 * 0.025**2) and known.bbox_mm == (0.075, 0.05, 0.575, 0.35)
+    assert known.components[0].area_mm2 == pytest.approx(24 * 0.025**2)
+    unknown = to_dict(detect(probabilities(), 0.5))
+    assert unknown["defect_area_mm2"] is None and unknown["bbox_mm"] is None
+    assert unknown["components"][0]["area_mm2"] is None and unknown["scale"]["pitch_um"] is None
+    assert "pitch" in unknown["scale"]["note"]
+    assert unknown["classes_available"] is False and unknown["class_summary"] == []
+    assert unknown["components"][0]["class_name"] is None
+
+
+def test_class_options_need_a_class_model():
+    with pytest.raises(ValueError, match="needs a class model"):
+        detect(probabilities(), 0.5, ignore_classes=("spatter",))
+    with pytest.raises(ValueError, match="needs a class model"):
+        detect(probabilities(), 0.5, mask_format="classes")

@@ -3,7 +3,18 @@ import math
 import pytest
 import torch
 
-from training.learning.losses import dice_bce_loss, pos_weight_from_density, soft_dice_loss, weighted_bce
+from training.learning.losses import (
+    CLASS_WEIGHT_RANGE,
+    class_distillation,
+    class_loss,
+    class_weights_from_pixels,
+    defect_logit,
+    dice_bce_loss,
+    pos_weight_from_density,
+    segmentation_loss,
+    soft_dice_loss,
+    weighted_bce,
+)
 
 
 def test_dice_is_near_zero_for_a_confident_match_and_near_one_for_a_confident_miss():
@@ -46,3 +57,42 @@ def test_pos_weight_from_density(density, expected):
 def test_pos_weight_needs_some_labels():
     with pytest.raises(ValueError, match="strictly between 0 and 1"):
         pos_weight_from_density(0.0)
+
+
+def test_a_class_models_defect_logit_is_one_minus_no_defect():
+    logits = torch.randn(2, 7, 4, 5)
+    p = torch.softmax(logits, dim=1)
+    torch.testing.assert_close(torch.sigmoid(defect_logit(logits)), 1 - p[:, :1])
+    binary = torch.randn(2, 1, 4, 5)
+    assert defect_logit(binary) is not None and torch.equal(defect_logit(binary), binary)
+
+
+def test_class_loss_counts_defect_pixels_only_with_their_weights():
+    logits = torch.zeros(1, 4, 2, 2)
+    logits[0, 1, 0, 0] = 5.0  # the pixel of class 1 is confidently right
+    target = torch.tensor([[[[1.0, 2.0], [0.0, 0.0]]]])
+    weights = torch.tensor([1.0, 3.0, 1.0])
+    right, uniform = -torch.log_softmax(torch.tensor([5.0, 0.0, 0.0]), 0)[0], torch.log(torch.tensor(3.0))
+    expected = (1.0 * right + 3.0 * uniform) / 4.0
+    torch.testing.assert_close(class_loss(logits, target, weights), expected)
+    assert class_loss(logits, torch.zeros_like(target), weights) == 0  # no defect pixel, no class to learn
+
+
+def test_distillation_is_zero_for_the_teachers_own_classes_and_positive_otherwise():
+    teacher = torch.randn(1, 7, 3, 3)
+    defect = torch.ones(1, 1, 3, 3)
+    assert class_distillation(teacher, teacher, defect) == pytest.approx(0.0, abs=1e-6)
+    assert class_distillation(torch.randn(1, 7, 3, 3), teacher, defect) > 0
+    assert class_distillation(torch.randn(1, 7, 3, 3), teacher, torch.zeros_like(defect)) == 0
+
+
+def test_segmentation_loss_of_a_binary_model_is_dice_bce():
+    logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.7).float()
+    torch.testing.assert_close(segmentation_loss(logits, target, 2.0), dice_bce_loss(logits, target, 2.0))
+
+
+def test_class_weights_favour_rare_classes_within_the_clip():
+    weights = class_weights_from_pixels([1000, 10, 0, 1000, 100000, 1000])
+    assert weights[2] == 1.0 and weights[0] == weights[3] == weights[5] == 1.0
+    assert weights[1] == CLASS_WEIGHT_RANGE[1] and weights[4] == pytest.approx(0.25, abs=1e-3)
+    assert class_weights_from_pixels([0, 0]) == [1.0, 1.0]

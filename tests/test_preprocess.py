@@ -3,6 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.config import ModelConfig
 from training.inference.preprocess import (
     channel_statistics,
@@ -77,23 +78,31 @@ def test_blend_ramps_of_neighbouring_tiles_sum_to_one_in_their_overlap():
     np.testing.assert_allclose(ramp[4:] + ramp[:4], 1.0)  # tile at 0 and tile at stride 4 share pixels 4..7
 
 
-def test_tiled_prediction_blends_to_the_whole_image_result_for_a_pointwise_model():
-    """A 1x1-conv model has no spatial context, so tiling must not change a single probability."""
+@pytest.mark.parametrize("class_names", [(), DEFECT_CLASSES])
+def test_tiled_prediction_blends_to_the_whole_image_result_for_a_pointwise_model(class_names):
+    """A 1x1-conv model has no spatial context, so tiling must not change a single probability (of a defect, and
+    of each class from a class model)."""
     import torch
 
     from training.inference.tiling import predict_probabilities, predict_tiled
 
     torch.manual_seed(0)
-    model = torch.nn.Conv2d(3, 1, kernel_size=1).eval()
-    config = ModelConfig(tile_size=64, representation="shading")
+    config = ModelConfig(tile_size=64, representation="shading", class_names=class_names)
+    model = torch.nn.Conv2d(3, config.out_channels, kernel_size=1).eval()
     stack = np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8)
     tiled = predict_tiled(model, stack, config, overlap=16)
     whole = predict_probabilities(model, stack, config.replace(tile_size=256))
-    assert tiled.shape == (150, 200)
-    np.testing.assert_allclose(tiled, whole[:150, :200], atol=1e-5)
+    assert tiled.defect.shape == (150, 200)
+    np.testing.assert_allclose(tiled.defect, whole.defect[:150, :200], atol=1e-5)
+    if class_names:
+        assert tiled.classes.shape == (len(class_names), 150, 200)
+        np.testing.assert_allclose(tiled.classes, whole.classes, atol=1e-5)
+        np.testing.assert_allclose(tiled.classes.sum(axis=0), tiled.defect, atol=1e-5)  # classes split the defect
+    else:
+        assert tiled.classes is None
     narrow = stack[:40]  # shorter than a tile in one direction: another layer, with its own statistics
     whole_narrow = predict_probabilities(model, narrow, config.replace(tile_size=256))
-    np.testing.assert_allclose(predict_tiled(model, narrow, config, overlap=16), whole_narrow, atol=1e-5)
+    np.testing.assert_allclose(predict_tiled(model, narrow, config, overlap=16).defect, whole_narrow.defect, atol=1e-5)
 
 
 def _surface_like(seed: int = 0, size: int = 96) -> np.ndarray:

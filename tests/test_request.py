@@ -3,7 +3,10 @@ import json
 
 import pytest
 
-from handler.request import BadRequest, parse_request, request_options
+from handler.request import BadRequest, Options, parse_request, request_options
+from training.inference.answer import UNKNOWN_SCALE, Scale
+from training.inference.classes import DEFECT_CLASSES
+from training.inference.config import ModelConfig
 from training.inference.layer import LayerError
 from training.inference.serialize import to_dict
 
@@ -58,17 +61,50 @@ def test_bad_requests_say_what_was_wrong():
     assert refused({"body": {"images": [b64(b"a"), 7, b64(b"c")]}}).reason == "invalid_base64"
 
 
+BINARY = ModelConfig(threshold=0.7)
+CLASSES = ModelConfig(threshold=0.5, class_names=DEFECT_CLASSES, pitch_um=25.0)
+
+
 def test_options_default_to_the_model_threshold_and_a_mask():
-    assert request_options({}, 0.7) == (0.7, True)
-    assert request_options({"threshold": "0.25", "return_mask": "false"}, 0.7) == (0.25, False)
-    assert request_options({"return_mask": True}, 0.7) == (0.7, True)
+    assert request_options({}, BINARY) == Options(0.7, True, "binary", (), UNKNOWN_SCALE)
+    assert request_options({"threshold": "0.25", "return_mask": "false"}, BINARY) == Options(0.25, False)
+    assert request_options({"return_mask": True}, BINARY) == Options(0.7, True)
 
 
-@pytest.mark.parametrize("options", [{"threshold": "1.5"}, {"threshold": "x"}, {"return_mask": "maybe"}])
-def test_bad_options_are_refused(options):
+def test_class_options_and_pitch():
+    asked = request_options({"ignore_classes": "spatter, pit", "mask_format": "classes"}, CLASSES)
+    assert asked.ignore_classes == ("spatter", "pit") and asked.mask_format == "classes"
+    assert request_options({"ignore_classes": ["spatter"]}, CLASSES).ignore_classes == ("spatter",)
+    assert request_options({}, CLASSES).scale == Scale(25.0, "model", "")
+    assert request_options({"pitch_um": "30.5"}, CLASSES).scale == Scale(30.5, "request", "")
+    assert request_options({"pitch_um": 40}, BINARY).scale == Scale(40.0, "request", "")
+    assert request_options({}, BINARY).scale.pitch_um is None and "pitch_um" in request_options({}, BINARY).scale.note
+
+
+@pytest.mark.parametrize(
+    "options, config, words",
+    [
+        ({"threshold": "1.5"}, BINARY, "threshold"),
+        ({"threshold": "x"}, BINARY, "threshold"),
+        ({"return_mask": "maybe"}, BINARY, "return_mask"),
+        ({"pitch_um": "0"}, BINARY, "pitch_um must be above 0"),
+        ({"pitch_um": "-25"}, BINARY, "pitch_um must be above 0"),
+        ({"pitch_um": "nan"}, BINARY, "pitch_um must be above 0"),
+        ({"pitch_um": "wide"}, BINARY, "pitch_um must be a number"),
+        ({"pitch_um": True}, BINARY, "pitch_um must be a number"),
+        ({"ignore_classes": "spatter,crack"}, CLASSES, "unknown ignore_classes class(es) 'crack'; accepted: recoater"),
+        ({"ignore_classes": [3]}, CLASSES, "ignore_classes must be a list of class names"),
+        ({"ignore_classes": {"a": 1}}, CLASSES, "ignore_classes must be a list"),
+        ({"ignore_classes": "spatter"}, BINARY, "ignore_classes needs a model with defect classes"),
+        ({"mask_format": "classes"}, BINARY, "mask_format classes needs a model with defect classes"),
+        ({"mask_format": "rgb"}, CLASSES, "mask_format must be one of binary, classes"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_field(options, config, words):
     with pytest.raises(BadRequest) as err:
-        request_options(options, 0.5)
+        request_options(options, config)
     assert err.value.reason == "invalid_option" and err.value.code == 400
+    assert words in str(err.value)
 
 
 def test_layer_errors_map_to_statuses():

@@ -40,7 +40,7 @@ def test_bit_depth_sets_the_dtype(bit_depth, dtype):
 
 
 def test_its_truth_ids_are_the_ones_prepare_and_evaluation_read():
-    from training.renderer.defects import CLASS_IDS
+    from training.inference.classes import CLASS_IDS
 
     assert {name: CLASSES.index(name) + 1 for name in CLASSES} == CLASS_IDS  # typed apart, so it stays independent
 

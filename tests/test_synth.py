@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from training.cli import main
+from training.inference.classes import CLASS_IDS, DEFECT_CLASSES
 from training.inference.images import read_png_array
-from training.renderer.defects import CLASS_IDS, CLASSES
 from training.renderer.physics import PhysicsRanges, parse_range
 from training.renderer.surface import Part, SurfaceConfig, packed_grains, rasterize_parts
 from training.renderer.synth import SynthConfig, generate_layer, synthesize
@@ -31,7 +31,7 @@ def test_flat_defect_free_bed_gives_empty_truth_and_near_identical_images():
     assert np.abs(rough_rel[0] - rough_rel[1]).mean() > 2 * np.abs(relative[0] - relative[1]).mean()
 
 
-@pytest.mark.parametrize("name", CLASSES)
+@pytest.mark.parametrize("name", DEFECT_CLASSES)
 def test_every_class_appears_with_positive_area_when_asked_for(name):
     config = dataclasses.replace(SMALL, size=128, clean_fraction=0.0).only_classes((name,))
     layer = generate_layer(config, seed=7, index=1)
@@ -71,7 +71,7 @@ def test_layout_metadata_and_sixteen_bit_output(tmp_path):
     assert max(int(im.max()) for im in images) > 255
     truth = read_png_array(tmp_path / "truth" / "layer_00000.png")
     meta = json.loads((tmp_path / "meta" / "layer_00000.json").read_text())
-    assert truth.dtype == np.uint8 and truth.max() <= len(CLASSES)
+    assert truth.dtype == np.uint8 and truth.max() <= len(DEFECT_CLASSES)
     assert meta["pitch_um"] == 25.0 and [lt["azimuth_deg"] for lt in meta["lights"]] == [0.0, 120.0, 240.0]
     assert meta["defects"] and all(set(d) >= {"class", "bbox", "area_px"} for d in meta["defects"])
 

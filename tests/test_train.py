@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.config import ModelConfig
 from training.inference.model import load_checkpoint
 from training.learning.checkpoints import RunState, run_arguments
@@ -47,6 +48,18 @@ def test_training_writes_the_run_folder(run_dir):
         run_dir / "last.pt", weights_only=True
     )
     assert set(config.input_ranges) >= {"contrast", "saturated"}  # the capture statistics serving compares with
+    assert config.class_names == DEFECT_CLASSES and len(config.training["class_weights"]) == len(DEFECT_CLASSES)
+    assert set(config.training["class_pixels"]) == set(DEFECT_CLASSES) and "class_accuracy" in rows[0]
+    assert config.pitch_um is None  # the tiny layers draw their pitches: no one pitch to record
+
+
+def test_binary_training_from_truth_and_a_stated_pitch(tiny_prepared, tmp_path):
+    train(tiny_prepared, tmp_path, dataclasses.replace(TINY, epochs=1), labels="truth", device_name="cpu",
+          classes=False, pitch_um=30.0)  # fmt: skip
+    config, _, _ = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert config.class_names == () and config.out_channels == 1 and config.pitch_um == 30.0
+    assert "class_weights" not in config.training
+    assert "class_accuracy" not in (tmp_path / "metrics.csv").read_text()
 
 
 def test_resume_continues_where_it_stopped(run_dir, tiny_prepared):
@@ -70,6 +83,9 @@ def test_fine_tuning_starts_from_the_model_and_keeps_its_input_and_network(tiny_
     first = "encoder.features.0.0.weight"  # a learning rate of 1e-12 leaves the weights where they started
     torch.testing.assert_close(model.state_dict()[first], start_model.state_dict()[first])
     assert json.loads((tmp_path / "args.json").read_text())["init"] == str(tiny_run / "checkpoint.pt")
+    # a class model learning from labels without classes keeps its classes, taught by its starting weights
+    assert config.class_names == start.class_names == DEFECT_CLASSES
+    assert config.training["classes_kept_by"] == "distillation from --init"
 
 
 def test_fine_tuning_refuses_a_model_for_other_lights(tmp_path):

@@ -68,7 +68,7 @@ def page_store(tiny_variants, layers, tmp_path_factory) -> Path:
     for name, paths in layers.items():
         stack = np.stack([read_gray(p).pixels for p in paths], axis=-1)
         stacks.append(stack)
-        peaks[name] = [float(predict_tiled(model, stack, config).max()) for config, model in models]
+        peaks[name] = [float(predict_tiled(model, stack, config).defect.max()) for config, model in models]
     low, high = max(peaks["clean"]), min(peaks["defective"])
     assert high > low + 1e-4, f"the tiny model does not rank the defective layer above the clean one: {peaks}"
     threshold = (low + high) / 2

@@ -169,6 +169,11 @@ def add_prepare(sub: argparse._SubParsersAction) -> None:
         "--lights",
         help=f"azimuths of the lights of a0, a1, a2 in degrees (default: from synth_config.json, else {_azimuths()})",
     )
+    p.add_argument(
+        "--pitch",
+        help="micrometres per pixel on the bed, for every layer (default: each layer's synth meta JSON where there is "
+        "one, else unknown: answers then give no millimetres)",
+    )
     p.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions (default: 0.7,0.15,0.15)")
     p.add_argument("--threshold", type=float, help="anomaly threshold in robust standard deviations (default: 2.5)")
     p.add_argument("--background-sigma", type=float, help="background blur in pixels (default: 12)")
@@ -191,7 +196,12 @@ def run_prepare(args: argparse.Namespace, argv: list[str]) -> str:
     from training.renderer.lighting import parse_azimuths
 
     azimuths = parse_azimuths(args.lights) if args.lights else None
-    config = PrepareConfig(vote=args.vote, labels=labels, split=parse_split(args.split), azimuths_deg=azimuths)
+    from training.inference.config import check_pitch
+
+    pitch = check_pitch(args.pitch, "--pitch") if args.pitch is not None else None
+    config = PrepareConfig(
+        vote=args.vote, labels=labels, split=parse_split(args.split), azimuths_deg=azimuths, pitch_um=pitch
+    )
     report = prepare(args.raw, args.out, config, args.truth, args.report_dir, args.workers, command_line(argv))
     splits = ", ".join(f"{n} {s}" for s, n in report["splits"].items())
     where = f"wrote {report['kept']} layers ({splits}) to {args.out} (manifest.csv, images/, masks/"

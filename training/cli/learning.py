@@ -57,6 +57,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="start from this model's weights, input and network (fine-tuning, e.g. a synthetic model on your own "
         "prepared layers); it must be trained for the same light azimuths",
     )
+    p.add_argument(
+        "--binary",
+        action="store_true",
+        help="learn defect or not only, also from exact truth (default: from truth, the defect classes too)",
+    )
+    p.add_argument(
+        "--pitch",
+        help="micrometres per pixel of the camera the model will serve, for answers in mm (default: the training "
+        "layers' pitch when they share one, else none)",
+    )
     p.add_argument("--epochs", type=int, help="override the profile's number of epochs")
     p.add_argument("--max-minutes", type=float, help="override the profile's time budget")
     p.add_argument("--batch-size", type=int, help="override the profile's batch size")
@@ -91,6 +101,9 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> str:
         "decoder_channels": tuple(ints(args.decoder)) if args.decoder else None,
     }
     profile = dataclasses.replace(check_profile(args.profile), **{k: v for k, v in overrides.items() if v is not None})
+    from training.inference.config import check_pitch
+
+    pitch = check_pitch(args.pitch, "--pitch") if args.pitch is not None else None
     summary = train(
         args.data,
         args.out,
@@ -105,6 +118,8 @@ def run_train(args: argparse.Namespace, argv: list[str]) -> str:
         loader_workers=args.loader_workers,
         command=command_line(argv),
         init=args.init,
+        classes=not args.binary,
+        pitch_um=pitch,
     )
     if not summary:  # not the main process of a distributed run
         return ""

@@ -13,15 +13,21 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.serialize import OMIT_NONE
 from training.inference.variants import VARIANTS
 
 BBOX = "[x, y, width, height] in pixels; x to the right, y down, from the top-left corner"
+BBOX_MM = "the box in millimetres on the bed ([x, y, width, height] times the pitch); null when the pitch is unknown"
+AREA_MM2 = "square millimetres on the bed; null when the pitch is unknown"
+MASK_FORMATS = ("binary", "classes")
+PITCH_SOURCES = ("request", "model")
 
 
-def _info(description: str = "", **bounds: Any) -> Any:
-    """A field's schema metadata: its description and JSON Schema keywords such as minimum."""
-    return field(metadata={"description": description, **bounds})
+def _info(description: str = "", default: Any = dataclasses.MISSING, **bounds: Any) -> Any:
+    """A field's schema metadata: its description and JSON Schema keywords such as minimum; `default` is the
+    Python default only (every field is in every answer)."""
+    return field(default=default, metadata={"description": description, **bounds})
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,42 @@ class Component:
     bbox: tuple[int, int, int, int] = _info(BBOX, minimum=0)
     area_px: int = _info("pixels in the region", minimum=1)
     max_confidence: float = _info("highest defect probability in the region", minimum=0, maximum=1)
+    class_name: str | None = _info("the defect class holding most of the region's probability; null from a model "
+                                   "without classes", None, enum=list(DEFECT_CLASSES))  # fmt: skip
+    class_confidence: float | None = _info("share of the region's defect probability in that class; null from a "
+                                           "model without classes", None, minimum=0, maximum=1)  # fmt: skip
+    area_mm2: float | None = _info(AREA_MM2, None, minimum=0)
+    bbox_mm: tuple[float, float, float, float] | None = _info(BBOX_MM, None, minimum=0)
+
+
+@dataclass(frozen=True)
+class ClassSummary:
+    """One defect class's regions in the layer (every class of the model is listed, zeros included)."""
+
+    name: str = _info("the class", enum=list(DEFECT_CLASSES))
+    components: int = _info("regions of this class", minimum=0)
+    area_px: int = _info("pixels in those regions", minimum=0)
+    area_mm2: float | None = _info(AREA_MM2, minimum=0)
+    counted: bool = _info("false when the request listed the class in ignore_classes: its regions are left out of "
+                          "the decision, mask, areas, boxes and components")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The pixel pitch the millimetres are computed with."""
+
+    pitch_um: float | None = _info("micrometres per pixel on the bed; null when unknown", exclusiveMinimum=0)
+    source: str | None = _info("where the pitch came from: the request's pitch_um, else the model's (recorded "
+                               "with its training data); null when neither", enum=list(PITCH_SOURCES))  # fmt: skip
+    note: str = _info("why millimetres are missing, when they are; empty otherwise")
+
+    @property
+    def mm_per_px(self) -> float | None:
+        return None if self.pitch_um is None else self.pitch_um / 1000.0
+
+
+UNKNOWN_SCALE = Scale(None, None, "the pixel pitch is unknown: send pitch_um with the request, or prepare the "
+                      "training data with --pitch")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,8 +83,10 @@ class MaskImage:
     encoding: str = _info("always base64", const="base64")
     width: int = _info("", minimum=1)
     height: int = _info("", minimum=1)
-    data: str = _info("8-bit PNG, 255 = defect, 0 = clean, the size of the input images",
+    data: str = _info("8-bit PNG the size of the input images: binary, 255 = defect, 0 = clean; classes, 0 = clean "
+                      "and k = the model's class k (1-based, the order of class_summary)",
                       contentEncoding="base64", contentMediaType="image/png")  # fmt: skip
+    kind: str = _info("binary, or classes (the request's mask_format)", MASK_FORMATS[0], enum=list(MASK_FORMATS))
 
 
 @dataclass(frozen=True)
@@ -102,9 +146,21 @@ class Detection:
     components_total: int = _info("number of components, listed or not", minimum=0)
     mask: MaskImage | None = _info("the decision mask; left out when the request set return_mask false",
                                    **{OMIT_NONE: True})  # fmt: skip
+    classes_available: bool = _info("false for a model without classes: components carry no class and "
+                                    "class_summary is empty", False)  # fmt: skip
+    class_summary: tuple[ClassSummary, ...] = _info("regions and area per class, in the model's class order", ())
+    ignored_classes: tuple[str, ...] = _info("classes the request asked to leave out of the decision", ())
+    scale: Scale = _info("the pitch behind the millimetre fields", UNKNOWN_SCALE)
+    defect_area_mm2: float | None = _info(AREA_MM2, None, minimum=0)
+    bbox_mm: tuple[float, float, float, float] | None = _info(BBOX_MM, None, minimum=0)
+
+    @property
+    def flagged_px(self) -> int:
+        """Pixels the model marks as defect, ignored classes included (what the familiarity check judges)."""
+        return sum(c.area_px for c in self.class_summary) if self.class_summary else self.defect_area_px
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Answer(Detection):
     """The answer to one request: the detection, the input as the model read it, the model, timings, and whether
     the layer is like the training layers."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from training.inference import serialize
+from training.inference.classes import check_class_names
 
 ENCODERS = ("mobilenet_v2",)
 # What the model sees (see `preprocess`), with the number of input channels of each.
@@ -34,7 +35,9 @@ TILE_BATCH = 4  # tiles per forward pass
 class ModelConfig:
     encoder: str = "mobilenet_v2"
     decoder_channels: tuple[int, ...] = DECODER  # U-Net decoder widths, deepest first
-    classes: int = 1
+    # The defect classes the model names (output channel k + 1 is class_names[k], channel 0 no defect); empty for a
+    # binary model (one output: the probability of a defect), which answers without classes.
+    class_names: tuple[str, ...] = ()
     representation: str = "shading+albedo"  # the model's input, derived from the three images (see `preprocess`)
     background_sigma_px: float = 32.0  # shading: the scale of the background taken out of each channel
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # intensity: per light channel, pixels scaled to 0..1
@@ -45,6 +48,9 @@ class ModelConfig:
     threshold: float | None = None  # the decision threshold; None until `archive` folds in evaluate's Decision
     threshold_rule: str = ""  # how the threshold was chosen, e.g. "max-f1 on val vs truth"
     label_source: str = "truth"
+    # Micrometres per pixel of the camera the model serves: answers give mm and mm^2 with it. None when unknown
+    # (answers then carry null mm fields unless the request states its pitch).
+    pitch_um: float | None = None
     training: dict[str, Any] = field(default_factory=dict)  # data summary: folder, layers, label density, ...
     quantization: dict[str, Any] | None = None  # set by `quantize` for int8 variants
     # Each capture statistic's range over the training layers (`familiarity.statistics_range`), recorded at
@@ -67,6 +73,9 @@ class ModelConfig:
             raise ValueError(f"background sigma must be at least 4 pixels, got {self.background_sigma_px}")
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
             raise ValueError(f"decoder channels need 5 positive widths, deepest first, got {self.decoder_channels}")
+        check_class_names(self.class_names, what="ModelConfig class")
+        if self.pitch_um is not None:
+            check_pitch(self.pitch_um, "ModelConfig pitch_um")
         if self.tile_size % self.size_multiple:
             raise ValueError(f"tile size {self.tile_size} must be a multiple of {self.size_multiple}")
 
@@ -87,6 +96,11 @@ class ModelConfig:
         return self.replace(threshold=decision.threshold, threshold_rule=decision.rule)
 
     @property
+    def out_channels(self) -> int:
+        """Outputs of the network: one defect logit for a binary model, else no-defect plus one per class."""
+        return 1 + len(self.class_names) if self.class_names else 1
+
+    @property
     def in_channels(self) -> int:
         """Channels of the model's input: fixed by the representation."""
         return REPRESENTATIONS[self.representation]
@@ -95,6 +109,22 @@ class ModelConfig:
     def image_fields(self) -> tuple[str, ...]:
         """The request's image fields, in channel order: field k carries the image lit from azimuth k."""
         return tuple(image_field(k) for k in range(len(self.azimuths_deg)))
+
+
+MAX_PITCH_UM = 1000.0  # a millimetre per pixel: coarser than any layer camera
+
+
+def check_pitch(value: Any, name: str = "pitch_um") -> float:
+    """A pitch in micrometres per pixel as a float in (0, MAX_PITCH_UM], or a ValueError that says what came."""
+    if isinstance(value, bool):
+        value = str(value)
+    try:
+        pitch = float(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be a number of micrometres per pixel, got {value!r}") from err
+    if not 0.0 < pitch <= MAX_PITCH_UM:  # NaN fails this too
+        raise ValueError(f"{name} must be above 0 and at most {MAX_PITCH_UM:g} micrometres per pixel, got {value!r}")
+    return pitch
 
 
 def image_field(k: int) -> str:

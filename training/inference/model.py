@@ -30,7 +30,7 @@ def build_model(config: ModelConfig) -> nn.Module:
         encoder_weights=None,
         decoder_channels=config.decoder_channels,
         in_channels=config.in_channels,
-        classes=config.classes,
+        classes=config.out_channels,
     )
 
 

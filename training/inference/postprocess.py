@@ -4,13 +4,38 @@ and boxes, and the mask as PNG. The output contract shared by evaluation and the
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
 
-from training.inference.answer import Component, Detection, MaskImage
+from training.inference.answer import (
+    MASK_FORMATS,
+    UNKNOWN_SCALE,
+    ClassSummary,
+    Component,
+    Detection,
+    MaskImage,
+    Scale,
+)
 from training.inference.images import encode_png
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the model says of a layer: the probability of any defect per pixel and, from a class model, each defect
+    class's probability (they sum to the defect probability). `tiling` makes it."""
+
+    defect: np.ndarray  # (H, W) float32
+    classes: np.ndarray | None = None  # (K, H, W) float32, class k = class_names[k]; None: binary model
+    class_names: tuple[str, ...] = ()  # the model's (ModelConfig.class_names)
+
+    def __post_init__(self) -> None:
+        if (0 if self.classes is None else self.classes.shape[0]) != len(self.class_names):
+            raise ValueError(f"{len(self.class_names)} class names for the probabilities of "
+                             f"{0 if self.classes is None else self.classes.shape[0]} classes")  # fmt: skip
+
 
 SEED_PROBABILITY = 0.5  # a defect must reach even odds somewhere; the threshold, when lower, draws its extent
 
@@ -46,9 +71,24 @@ def check_threshold(value: Any) -> float:
     return threshold
 
 
-def components(mask: np.ndarray, probabilities: np.ndarray, limit: int | None = None) -> tuple[list[Component], int]:
-    """8-connected components of the mask, largest first (the `limit` largest), each with its box, area and highest
-    probability; and how many there are in all. Vectorised: a noisy mask with 10^5 components stays fast."""
+def class_masses(labels: np.ndarray, count: int, mask: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(count, K): each label's summed probability of each defect class over its pixels (label 0 is no region)."""
+    label = labels[mask]
+    return np.stack([np.bincount(label, weights=c[mask], minlength=count) for c in classes], axis=1)
+
+
+def components(
+    mask: np.ndarray,
+    probabilities: np.ndarray,
+    limit: int | None = None,
+    classes: np.ndarray | None = None,
+    class_names: tuple[str, ...] = (),
+    mm_per_px: float | None = None,
+) -> tuple[list[Component], int]:
+    """8-connected components of the mask, largest first (the `limit` largest), each with its box, area, highest
+    probability, class (the defect class with most of its probability, from a class model's (K, H, W) `classes`)
+    and millimetres (with `mm_per_px`); and how many there are in all. Vectorised: a noisy mask with 10^5
+    components stays fast."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     total = count - 1
     if total == 0:
@@ -60,15 +100,48 @@ def components(mask: np.ndarray, probabilities: np.ndarray, limit: int | None = 
     order = np.lexsort((value, label))  # by label, then probability: each label's last entry is its peak
     ends = np.searchsorted(label[order], np.arange(1, count), side="right") - 1
     peaks = value[order][ends]  # (total,) peak probability of labels 1..count-1
-    found = [
-        Component(
-            (int(left[i]), int(top[i]), int(stats[i + 1, cv2.CC_STAT_WIDTH]), int(stats[i + 1, cv2.CC_STAT_HEIGHT])),
-            int(area[i]),
-            round(float(peaks[i]), 4),
+    if classes is not None:
+        masses = class_masses(labels, count, mask, classes)[1:]  # (total, K)
+        best = masses.argmax(axis=1)
+        shares = masses[np.arange(total), best] / np.maximum(masses.sum(axis=1), 1e-12)
+    found = []
+    for i in chosen:
+        box = (int(left[i]), int(top[i]), int(stats[i + 1, cv2.CC_STAT_WIDTH]), int(stats[i + 1, cv2.CC_STAT_HEIGHT]))
+        found.append(
+            Component(
+                box,
+                int(area[i]),
+                round(float(peaks[i]), 4),
+                class_names[best[i]] if classes is not None else None,
+                round(float(shares[i]), 4) if classes is not None else None,
+                area_mm2(int(area[i]), mm_per_px),
+                box_mm(box, mm_per_px),
+            )
         )
-        for i in chosen
-    ]
     return found, total
+
+
+def class_of_regions(mask: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each 8-connected region's class index (the defect class with most of its probability) as an (H, W) map
+    (-1 outside the mask), and its labels (H, W)."""
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    best = np.full(count, -1, dtype=np.int64)
+    if count > 1:
+        best[1:] = class_masses(labels, count, mask, classes)[1:].argmax(axis=1)
+    return best[labels], labels
+
+
+def class_map(mask: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """(H, W) uint8: 0 outside the mask, else 1 + the pixel's most probable defect class (the class-map mask)."""
+    return np.where(mask, classes.argmax(axis=0) + 1, 0).astype(np.uint8)
+
+
+def area_mm2(area_px: int, mm_per_px: float | None) -> float | None:
+    return None if mm_per_px is None else round(area_px * mm_per_px * mm_per_px, 6)
+
+
+def box_mm(box: tuple[int, int, int, int] | None, mm_per_px: float | None) -> tuple[float, ...] | None:
+    return None if box is None or mm_per_px is None else tuple(round(v * mm_per_px, 4) for v in box)
 
 
 def union_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -79,29 +152,71 @@ def union_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
 
 
-def mask_png(mask: np.ndarray) -> MaskImage:
-    """The mask as an 8-bit PNG (0 = clean, 255 = defect), base64-encoded for JSON."""
+def mask_png(mask: np.ndarray, classes: np.ndarray | None = None) -> MaskImage:
+    """The mask as an 8-bit PNG, base64-encoded for JSON: 0 = clean, 255 = defect; or, given a class model's
+    (K, H, W) `classes`, the class map (0 = clean, k = class k of the model, 1-based)."""
     h, w = mask.shape
-    data = base64.b64encode(encode_png(mask.astype(np.uint8) * 255)).decode("ascii")
-    return MaskImage("png", "base64", w, h, data)
+    pixels = mask.astype(np.uint8) * 255 if classes is None else class_map(mask, classes)
+    data = base64.b64encode(encode_png(pixels)).decode("ascii")
+    return MaskImage("png", "base64", w, h, data, "binary" if classes is None else "classes")
 
 
 def detect(
-    probabilities: np.ndarray, threshold: float, return_mask: bool = True, max_components: int | None = None
+    prediction: Prediction | np.ndarray,
+    threshold: float,
+    return_mask: bool = True,
+    max_components: int | None = None,
+    scale: Scale = UNKNOWN_SCALE,
+    ignore_classes: tuple[str, ...] = (),
+    mask_format: str = "binary",
 ) -> Detection:
-    """What one layer's probabilities say at a threshold: decision, confidence, area, union box, components (the
-    `max_components` largest; `components_total` counts them all) and, optionally, the mask."""
+    """What one layer's prediction (or (H, W) defect probabilities) says at a threshold: decision, confidence,
+    area, union box, components (the `max_components` largest; `components_total` counts them all), per-class
+    summary, millimetres where the scale is known and, optionally, the mask. Regions of `ignore_classes` are
+    counted in the class summary and left out of everything else, the decision included."""
+    if isinstance(prediction, np.ndarray):
+        prediction = Prediction(prediction)
+    probabilities, classes, class_names = prediction.defect, prediction.classes, prediction.class_names
+    if ignore_classes and classes is None:
+        raise ValueError("ignore_classes needs a class model; this model answers without classes")
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
+    if mask_format == "classes" and classes is None:
+        raise ValueError("mask_format classes needs a class model; this model answers without classes")
     mask = defect_mask(probabilities, threshold)
-    found, total = components(mask, probabilities, max_components)
+    summary: tuple[ClassSummary, ...] = ()
+    mm = scale.mm_per_px
+    if classes is not None:
+        region_class, labels = class_of_regions(mask, classes)
+        ignored = np.isin(region_class, [class_names.index(n) for n in ignore_classes])
+        summary = tuple(
+            ClassSummary(
+                name,
+                int(np.unique(labels[region_class == k]).size),
+                int(np.count_nonzero(region_class == k)),
+                area_mm2(int(np.count_nonzero(region_class == k)), mm),
+                name not in ignore_classes,
+            )
+            for k, name in enumerate(class_names)
+        )
+        mask &= ~ignored
+    found, total = components(mask, probabilities, max_components, classes, class_names, mm)
     area = int(np.count_nonzero(mask))
+    bbox = union_bbox(mask)
     return Detection(
         defect=area > 0,
         max_confidence=round(float(probabilities.max()), 4),
         threshold=threshold,
         defect_area_px=area,
         defect_area_pct=round(100.0 * area / mask.size, 4),
-        bbox=union_bbox(mask),
+        bbox=bbox,
         components=tuple(found),
         components_total=total,
-        mask=mask_png(mask) if return_mask else None,
+        mask=(mask_png(mask, classes if mask_format == "classes" else None) if return_mask else None),
+        classes_available=classes is not None,
+        class_summary=summary,
+        ignored_classes=tuple(ignore_classes),
+        scale=scale,
+        defect_area_mm2=area_mm2(area, mm),
+        bbox_mm=box_mm(bbox, mm),
     )

@@ -7,7 +7,24 @@ import torch
 from torch import nn
 
 from training.inference.config import TILE_BATCH, TILE_OVERLAP, ModelConfig
+from training.inference.postprocess import Prediction
 from training.inference.preprocess import model_channels, pad_to_multiple
+
+
+def probabilities(logits: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """(N, out_channels, H, W) logits -> (N, 1 + K, H, W) float32: channel 0 the probability of any defect, then
+    one channel per defect class (none for a binary model). A class model's probability of any defect is
+    1 - P(no defect), so its decision and threshold mean what a binary model's do."""
+    logits = logits.float()
+    if not config.class_names:
+        return torch.sigmoid(logits)
+    p = torch.softmax(logits, dim=1)
+    return torch.cat([1.0 - p[:, :1], p[:, 1:]], dim=1)
+
+
+def prediction_of(stacked: np.ndarray, config: ModelConfig) -> Prediction:
+    """(1 + K, H, W) probabilities -> Prediction."""
+    return Prediction(stacked[0], stacked[1:] if config.class_names else None, config.class_names)
 
 
 def model_input(stack: np.ndarray, config: ModelConfig) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -20,15 +37,20 @@ def model_input(stack: np.ndarray, config: ModelConfig) -> tuple[torch.Tensor, t
 def predict_probabilities(
     model: nn.Module, stack: np.ndarray, config: ModelConfig, device: str | torch.device = "cpu"
 ) -> np.ndarray:
-    """(H, W, 3) uint8/uint16 stack -> (H, W) float32 defect probabilities."""
+    """(H, W, 3) uint8/uint16 stack -> the model's Prediction for it, whole (no tiles)."""
     x, (h, w) = model_input(stack, config)
-    logits = model(x.to(device))  # (1, 1, H', W')
-    return torch.sigmoid(logits.float())[0, 0, :h, :w].cpu().numpy()
+    logits = model(x.to(device))  # (1, out_channels, H', W')
+    return prediction_of(probabilities(logits, config)[0, :, :h, :w].cpu().numpy(), config)
 
 
-def predict_layers(model: nn.Module, stacks: list[np.ndarray], config: ModelConfig) -> list[np.ndarray]:
-    """Probabilities for each stack, in order."""
+def predict_layers(model: nn.Module, stacks: list[np.ndarray], config: ModelConfig) -> list[Prediction]:
+    """The Prediction for each stack, in order."""
     return [predict_probabilities(model, stack, config) for stack in stacks]
+
+
+def defect_probabilities(model: nn.Module, stacks: list[np.ndarray], config: ModelConfig) -> list[np.ndarray]:
+    """The (H, W) probability of any defect for each stack, in order."""
+    return [p.defect for p in predict_layers(model, stacks, config)]
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -55,8 +77,8 @@ def predict_tiled(
     overlap: int = TILE_OVERLAP,
     batch_size: int = TILE_BATCH,
     device: str | torch.device = "cpu",
-) -> np.ndarray:
-    """Probabilities for a layer of any size: tiles of config.tile_size, overlapping by `overlap` pixels, blended.
+) -> Prediction:
+    """The Prediction for a layer of any size: tiles of config.tile_size, overlapping by `overlap` pixels, blended.
     Layers no larger than one tile go through the model whole."""
     h, w = stack.shape[:2]
     tile = config.tile_size
@@ -70,14 +92,14 @@ def predict_tiled(
         chw = np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode="reflect")
     height, width = chw.shape[1:]
     weights = blend_weights(tile, overlap)
-    total = np.zeros((height, width), np.float32)
+    total = np.zeros((1 + len(config.class_names), height, width), np.float32)
     norm = np.zeros((height, width), np.float32)
     corners = [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
     for i in range(0, len(corners), batch_size):
         group = corners[i : i + batch_size]
         batch = torch.from_numpy(np.stack([chw[:, y : y + tile, x : x + tile] for y, x in group]))
-        probs = torch.sigmoid(model(batch.to(device)).float())[:, 0].cpu().numpy()  # (n, tile, tile)
+        probs = probabilities(model(batch.to(device)), config).cpu().numpy()  # (n, 1 + K, tile, tile)
         for (y, x), p in zip(group, probs, strict=True):
-            total[y : y + tile, x : x + tile] += p * weights
+            total[:, y : y + tile, x : x + tile] += p * weights
             norm[y : y + tile, x : x + tile] += weights
-    return (total / norm)[:h, :w]
+    return prediction_of(total[:, :h, :w] / norm[:h, :w], config)

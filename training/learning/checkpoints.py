@@ -98,7 +98,7 @@ def save_best(out_dir: Path, config: ModelConfig, model: torch.nn.Module, epoch:
 
 
 # What a fine-tuned model keeps from the model it starts from: everything that shapes its input and its network.
-INHERITED = ("encoder", "decoder_channels", "classes", "representation", "background_sigma_px", "mean", "std")
+INHERITED = ("encoder", "decoder_channels", "class_names", "representation", "background_sigma_px", "mean", "std")
 
 
 def initial_weights(init: Path, config: ModelConfig) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

@@ -26,6 +26,7 @@ class LayerRecord:
     label: np.ndarray  # (H, W) uint8 0/1: what the model learns from
     truth: np.ndarray | None  # (H, W) uint8 class map when exact truth exists
     heuristic: np.ndarray  # (H, W) uint8 0/1: prepare's heuristic label
+    pitch_um: float | None = None  # micrometres per pixel, as `prepare` recorded it; None when unknown
 
 
 def read_manifest(data_dir: Path) -> list[dict[str, str]]:
@@ -64,26 +65,36 @@ def load_split(data_dir: Path, split: str, labels: str, masks_dir: Path | None =
             label = read_png_array(path) > 0
         if label.shape != stack.shape[:2]:
             raise ValueError(f"label of {row['layer_id']} is {label.shape}, its image {stack.shape[:2]}")
-        records.append(LayerRecord(row["layer_id"], stack, label.astype(np.uint8), truth, heuristic))
+        pitch = float(row["pitch_um"]) if row.get("pitch_um") else None  # manifests before pitch had no column
+        records.append(LayerRecord(row["layer_id"], stack, label.astype(np.uint8), truth, heuristic, pitch))
     return records
 
 
 class TrainingCrops(Dataset):
-    """Random augmented crops of the model's input; one epoch visits every layer `repeats` times. Each layer's
-    input is derived once, from the whole layer (as inference does), and kept as float16 (H, W, C)."""
+    """Random augmented crops of the model's input and target; one epoch visits every layer `repeats` times. Each
+    layer's input is derived once, from the whole layer (as inference does), and kept as float16 (H, W, C). The
+    target is the label (0/1), or with `class_targets` the truth class map (0, or the class id 1..K)."""
 
-    def __init__(self, records: list[LayerRecord], config: ModelConfig, transform: A.Compose, repeats: int = 1):
+    def __init__(
+        self,
+        records: list[LayerRecord],
+        config: ModelConfig,
+        transform: A.Compose,
+        repeats: int = 1,
+        class_targets: bool = False,
+    ):
         if not records:
             raise ValueError("no training layers: is the train split empty? (check manifest.csv)")
         self.records, self.config, self.transform, self.repeats = records, config, transform, repeats
         self.inputs = [model_channels(r.stack, config).transpose(1, 2, 0).astype(np.float16) for r in records]
+        self.targets = [r.truth if class_targets else r.label for r in records]
 
     def __len__(self) -> int:
         return len(self.records) * self.repeats
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         k = index % len(self.records)
-        out = self.transform(image=self.inputs[k], mask=self.records[k].label)
+        out = self.transform(image=self.inputs[k], mask=self.targets[k])
         image = np.ascontiguousarray(out["image"].transpose(2, 0, 1), dtype=np.float32)  # (C, h, w)
         mask = out["mask"].astype(np.float32)[None]  # (1, h, w)
         return {"image": torch.from_numpy(image), "mask": torch.from_numpy(np.ascontiguousarray(mask))}

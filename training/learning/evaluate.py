@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.config import Decision, ModelConfig
 from training.inference.model import load_checkpoint, state_digest
 from training.inference.postprocess import defect_mask
-from training.inference.tiling import predict_layers
+from training.inference.tiling import defect_probabilities
 from training.learning.dataset import LayerRecord, load_split
 from training.learning.metrics import Counts, components_found, confusion
-from training.renderer.defects import CLASSES
 from training.reports import results as results_report
 
 log = logging.getLogger(__name__)
@@ -110,14 +110,14 @@ class Evaluation:
 def detection_scores(predicted: list[np.ndarray], records: list[LayerRecord]) -> dict[str, Any]:
     """Pixel and defect-level scores of predictions against truth (per class) and against the heuristic labels."""
     truth, heuristic = Counts(), Counts()
-    found = {name: [0, 0] for name in CLASSES}
+    found = {name: [0, 0] for name in DEFECT_CLASSES}
     all_found = all_touched = all_total = 0
     for mask, record in zip(predicted, records, strict=True):
         heuristic = heuristic + confusion(mask, record.heuristic > 0)
         if record.truth is None:
             continue
         truth = truth + confusion(mask, record.truth > 0)
-        for class_id, name in enumerate(CLASSES, start=1):
+        for class_id, name in enumerate(DEFECT_CLASSES, start=1):
             f, n = components_found(mask, record.truth == class_id)
             touched, _ = components_found(mask, record.truth == class_id, coverage=0.0)
             found[name][0] += f
@@ -162,7 +162,7 @@ def evaluate_checkpoint(
         raise ValueError("this model learned from user masks: choose its threshold with --reference truth")
     tune = load_split(data_dir, threshold_split, source)
     curve = Curve.empty()
-    for record, probs in zip(tune, predict_layers(model, [r.stack for r in tune], config), strict=True):
+    for record, probs in zip(tune, defect_probabilities(model, [r.stack for r in tune], config), strict=True):
         curve.add(probs, record.label > 0)
     threshold, at = curve.choose(rule)
     chosen = (
@@ -174,7 +174,7 @@ def evaluate_checkpoint(
     log.info("%s: threshold %.3f (%s), written to %s", path, threshold, chosen, written)
 
     test = load_split(data_dir, split, "heuristic")
-    probabilities = predict_layers(model, [r.stack for r in test], config)
+    probabilities = defect_probabilities(model, [r.stack for r in test], config)
     test_curve = Curve.empty()
     for record, probs in zip(test, probabilities, strict=True):
         if record.truth is not None:

@@ -5,6 +5,7 @@ training crops with the random generators that draw them (`Feed`)."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,13 +14,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
 
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.config import ModelConfig
 from training.inference.preprocess import channel_statistics
 from training.learning.augment import training_transform
 from training.learning.dataset import LayerRecord, TrainingCrops, load_split
 from training.learning.devices import Processes
-from training.learning.losses import pos_weight_from_density
+from training.learning.losses import class_weights_from_pixels, pos_weight_from_density
 from training.learning.schedule import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def dataset_azimuths(data_dir: Path) -> tuple[float, ...]:
@@ -42,6 +46,36 @@ def load_records(
     return train_records, val_records
 
 
+def class_pixels(records: list[LayerRecord]) -> list[int]:
+    """Pixels of each defect class in the records' truth class maps; ValueError when a map holds an id that is no
+    class (a plain 0/255 mask given as truth, say)."""
+    counts = np.zeros(len(DEFECT_CLASSES) + 1, dtype=np.int64)
+    for r in records:
+        found = np.bincount(r.truth.ravel(), minlength=len(counts))
+        if len(found) > len(counts):
+            raise ValueError(
+                f"the truth of layer {r.layer_id} holds the value {len(found) - 1}; class maps hold 0 and the class "
+                f"ids 1..{len(DEFECT_CLASSES)}: train with --binary, or give plain masks with --labels masks"
+            )
+        counts += found
+    return [int(c) for c in counts[1:]]
+
+
+def model_pitch(records: list[LayerRecord], given: float | None) -> float | None:
+    """The pitch the model records: the one given (the camera it will serve), else the training layers' pitch when
+    they all share one, else None (said in the log, with how to give it)."""
+    if given is not None:
+        return given
+    pitches = {r.pitch_um for r in records}
+    if len(pitches) == 1:
+        return pitches.pop()
+    known = sorted(p for p in pitches if p is not None)
+    what = f"pitches {known[0]:g}-{known[-1]:g} um" if len(known) > 1 else "no recorded pitch"
+    log.info("the training layers have %s: the model records no pitch (answers give no millimetres unless a "
+             "request states its pitch); give the camera's with `train --pitch UM`", what)  # fmt: skip
+    return None
+
+
 def initial_config(
     data_dir: Path,
     train_records: list[LayerRecord],
@@ -51,10 +85,12 @@ def initial_config(
     seed: int,
     pos_weight: float | None,
     pretrained: bool,
+    classes: bool = True,
+    pitch_um: float | None = None,
 ) -> tuple[ModelConfig, float, float]:
-    """The new model's config (input statistics of the training layers, light azimuths, training facts), the
-    label density of the training layers and the BCE weight of defect pixels (given, else the profile's, else from
-    that density)."""
+    """The new model's config (input statistics of the training layers, light azimuths, pitch, the defect classes
+    when it learns from exact truth and `classes`, training facts), the label density of the training layers and
+    the BCE weight of defect pixels (given, else the profile's, else from that density)."""
     density = float(np.mean([r.label.mean() for r in train_records]))
     given = pos_weight if pos_weight is not None else profile.pos_weight
     weight = given if given is not None else pos_weight_from_density(density)
@@ -66,7 +102,13 @@ def initial_config(
     training = {"data": str(data_dir), "profile": profile.profile, "train_layers": len(train_records),
                 "val_layers": len(val_records), "label_density": round(density, 6), "pos_weight": round(weight, 3),
                 "seed": seed, "pretrained": pretrained}  # fmt: skip
-    config = ModelConfig(**model, azimuths_deg=dataset_azimuths(data_dir), label_source=labels, training=training)
+    if classes and labels == "truth":
+        model["class_names"] = DEFECT_CLASSES
+        pixels = class_pixels(train_records)
+        training["class_pixels"] = dict(zip(DEFECT_CLASSES, pixels, strict=True))
+        training["class_weights"] = class_weights_from_pixels(pixels)
+    config = ModelConfig(**model, azimuths_deg=dataset_azimuths(data_dir), label_source=labels,
+                         pitch_um=model_pitch(train_records, pitch_um), training=training)  # fmt: skip
     return config, density, weight
 
 
@@ -94,10 +136,11 @@ class Feed:
         processes: Processes,
         seed: int,
         workers: int,
+        class_targets: bool = False,
     ) -> Feed:
         transform = training_transform(profile.crop, config.azimuths_deg, profile.defect_crop_share)
         transform.set_random_seed(seed + processes.rank)
-        crops = TrainingCrops(records, config, transform, profile.repeats)
+        crops = TrainingCrops(records, config, transform, profile.repeats, class_targets)
         generator = torch.Generator().manual_seed(seed)
         sampler = (
             DistributedSampler(crops, processes.world, processes.rank, seed=seed)

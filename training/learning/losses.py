@@ -1,9 +1,14 @@
-"""Dice + BCE with pos_weight, as pure tensor functions (with thin wrappers in train.py's use)."""
+"""The training losses as pure tensor functions: Dice + BCE on the probability of any defect, and for a class model
+a class-weighted cross-entropy over the defect classes on defect pixels (or, fine-tuning on labels without classes,
+a distillation term that keeps the starting model's class distribution)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+CLASS_WEIGHT_RANGE = (0.25, 4.0)  # the class weights' clip: rare classes count more, none dominates
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -24,6 +29,74 @@ def dice_bce_loss(
     logits: torch.Tensor, target: torch.Tensor, pos_weight: float, dice_weight: float = 1.0
 ) -> torch.Tensor:
     return dice_weight * soft_dice_loss(logits, target) + weighted_bce(logits, target, pos_weight)
+
+
+def defect_logit(logits: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) logits -> (N, 1, H, W) logit of any defect: for a class model (channel 0 = no defect)
+    logsumexp of the class logits less the no-defect logit, whose sigmoid is 1 - P(no defect); a binary model's
+    own logit otherwise. So a class model's defect decision is trained by the same loss as a binary model's."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return logits
+    return torch.logsumexp(logits[:, 1:], dim=1, keepdim=True) - logits[:, :1]
+
+
+def class_loss(logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    """Weighted cross-entropy of the defect class given a defect, over the defect pixels of a class map target
+    (N, 1, H, W) holding 0 (no defect) or 1..K; zero without defect pixels."""
+    classes = target.long()[:, 0]  # (N, H, W)
+    on = classes > 0
+    if not bool(on.any()):
+        return logits.sum() * 0.0
+    index = (classes - 1).clamp(min=0)
+    log_q = torch.log_softmax(logits.float()[:, 1:], dim=1)  # (N, K, H, W): the class given a defect
+    nll = -log_q.gather(1, index[:, None])[:, 0]
+    weight = class_weights.to(logits.device)[index]
+    return (nll * weight)[on].sum() / weight[on].sum()
+
+
+def class_distillation(logits: torch.Tensor, teacher: torch.Tensor, defect: torch.Tensor) -> torch.Tensor:
+    """KL divergence of the class given a defect, from the starting model's (`teacher`) to this one's, on the
+    labelled defect pixels: fine-tuning a class model on labels without classes keeps what it knew of classes."""
+    on = defect[:, 0] > 0
+    if not bool(on.any()):
+        return logits.sum() * 0.0
+    log_q = torch.log_softmax(logits.float()[:, 1:], dim=1)
+    log_t = torch.log_softmax(teacher.float()[:, 1:], dim=1)
+    kl = (log_t.exp() * (log_t - log_q)).sum(dim=1)  # (N, H, W)
+    return kl[on].mean()
+
+
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    pos_weight: float,
+    class_weights: torch.Tensor | None = None,
+    teacher: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The training loss. `target` (N, 1, H, W) is a class map when `class_weights` is given (a class model
+    learning classes), else 0/1; `teacher` is the starting model's logits when a class model learns from labels
+    without classes."""
+    defect = (target > 0).float()
+    loss = dice_bce_loss(defect_logit(logits), defect, pos_weight)
+    if class_weights is not None:
+        loss = loss + class_loss(logits, target, class_weights)
+    elif teacher is not None:
+        loss = loss + class_distillation(logits, teacher, defect)
+    return loss
+
+
+def class_weights_from_pixels(pixels: list[int] | np.ndarray) -> list[float]:
+    """Each defect class's weight from its pixel count in the training labels: median frequency over the class's
+    frequency (Eigen and Fergus), square-rooted and clipped to CLASS_WEIGHT_RANGE; 1 for a class with no pixels."""
+    pixels = np.asarray(pixels, dtype=np.float64)
+    present = pixels > 0
+    if not present.any():
+        return [1.0] * len(pixels)
+    median = float(np.median(pixels[present]))
+    weights = np.ones_like(pixels)
+    weights[present] = np.clip(np.sqrt(median / pixels[present]), *CLASS_WEIGHT_RANGE)
+    return [round(float(w), 4) for w in weights]
 
 
 def pos_weight_from_density(density: float, cap: float = 100.0) -> float:

@@ -33,7 +33,7 @@ from training.inference.quantization import (
     quantize_dynamic,
     quantize_static,
 )
-from training.inference.tiling import model_input, predict_layers
+from training.inference.tiling import defect_probabilities, model_input
 from training.inference.variants import VARIANTS
 from training.learning.dataset import LayerRecord, load_split
 from training.learning.metrics import Counts, confusion
@@ -157,7 +157,7 @@ def calibration_sweep(
 ) -> list[dict[str, Any]]:
     """Agreement of static int8 with float32 on the validation split for each observer and calibration count:
     the measurement behind the --calibration and --observer defaults."""
-    float_probs = predict_layers(model, [r.stack for r in val_records], config)
+    float_probs = defect_probabilities(model, [r.stack for r in val_records], config)
     rows = []
     for observer in ("histogram", "minmax"):
         for count in counts:
@@ -165,7 +165,7 @@ def calibration_sweep(
             started = time.perf_counter()
             int8 = quantize_static(model, calibration_inputs(train_records, config, count), trial)
             seconds = time.perf_counter() - started
-            int8_probs = predict_layers(int8, [r.stack for r in val_records], config)
+            int8_probs = defect_probabilities(int8, [r.stack for r in val_records], config)
             row = {"observer": observer, "images": count, "calibration_seconds": round(seconds, 1)}
             rows.append({**row, **agreement(float_probs, int8_probs, val_records, threshold)})
             log.info("sweep: %s, %d images: mask IoU %.4f", observer, count, rows[-1]["mask_iou"])
@@ -222,7 +222,7 @@ def quantize_checkpoint(
             raise RuntimeError("the reloaded int8 model differs from the converted one: refusing to keep it")
 
     records = load_split(data_dir, split, "heuristic")
-    float_probs = predict_layers(model, [r.stack for r in records], config)
+    float_probs = defect_probabilities(model, [r.stack for r in records], config)
     result = Quantization(
         command=command,
         checkpoint=str(checkpoint),
@@ -235,11 +235,11 @@ def quantize_checkpoint(
         engine_timings_ms=engines,
         calibration_sweep=sweep_rows,
         static_int8=agreement(
-            float_probs, predict_layers(int8, [r.stack for r in records], config), records, threshold
+            float_probs, defect_probabilities(int8, [r.stack for r in records], config), records, threshold
         ),
         dynamic_int8=agreement(
             float_probs,
-            predict_layers(quantize_dynamic(model), [r.stack for r in records], config),
+            defect_probabilities(quantize_dynamic(model), [r.stack for r in records], config),
             records,
             threshold,
         ),

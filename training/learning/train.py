@@ -1,4 +1,4 @@
-"""The training loop: AdamW with warm-up and cosine decay, Dice + BCE, an average of the weights, validation of that
+"""The training loop: AdamW with warm-up and cosine decay, Dice + BCE (and the defect class, `losses`), an average of the weights, validation of that
 average every epoch, best checkpoint by validation F1, early stopping, resume, and DistributedDataParallel when
 started with torchrun.
 
@@ -34,7 +34,7 @@ from training.learning.dataset import LayerRecord
 from training.learning.devices import Processes, finish, resolve_device, shared_elapsed, shared_flag, start
 from training.learning.feed import Feed, initial_config, load_records
 from training.learning.history import History, epoch_row, summarize
-from training.learning.losses import dice_bce_loss
+from training.learning.losses import segmentation_loss
 from training.learning.schedule import TrainConfig, budget_spent, check_profile, lr_factor, out_of_time, progress
 from training.learning.validation import validate
 
@@ -70,6 +70,10 @@ class Run:
     val_records: list[LayerRecord]
     state: RunState
     history: History | None = None  # the main process's metrics.csv, TensorBoard and curves
+    class_weights: torch.Tensor | None = None  # a class model learning classes from truth class maps
+    teacher: torch.nn.Module | None = (
+        None  # a class model's starting weights, when it learns from labels without classes
+    )
 
     @property
     def total_steps(self) -> int:
@@ -78,14 +82,15 @@ class Run:
 
 def setup(data_dir: Path, out_dir: Path, profile: TrainConfig, labels: str, masks_dir: Path | None,
           device_name: str, seed: int, pos_weight: float | None, pretrained: bool, resume: bool, loader_workers: int,
-          command: str, init: Path | None = None) -> Run:  # fmt: skip
+          command: str, init: Path | None = None, classes: bool = True,
+          pitch_um: float | None = None) -> Run:  # fmt: skip
     """Device and processes, seeds, data, model, optimiser and scaler, restored from last.pt on resume; on the main
     process also args.json and the history. The order is the order of random draws: keep it."""
     processes, device = start(device_name)
     seed_everything(seed + processes.rank)
     train_records, val_records = load_records(data_dir, labels, masks_dir, profile.max_val_layers)
     config, density, weight = initial_config(
-        data_dir, train_records, val_records, labels, profile, seed, pos_weight, pretrained
+        data_dir, train_records, val_records, labels, profile, seed, pos_weight, pretrained, classes, pitch_um
     )
     weights = None
     if init is not None and not resume:
@@ -93,14 +98,22 @@ def setup(data_dir: Path, out_dir: Path, profile: TrainConfig, labels: str, mask
     if not resume:  # the capture statistics the model is trained on, for serving to say when a layer is unlike them
         config = config.replace(input_ranges=statistics_range((r.stack for r in train_records), config))
     model = build_model(config)
+    class_targets = bool(config.class_names) and labels == "truth" and classes
+    class_weights = torch.tensor(config.training["class_weights"]) if class_targets else None
+    teacher = None
     if weights is not None:
         model.load_state_dict(weights)
+        if config.class_names and not class_targets:  # keep what the starting model knows of classes
+            teacher = build_model(config)
+            teacher.load_state_dict(weights)
+            teacher.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
+            config = config.replace(training={**config.training, "classes_kept_by": "distillation from --init"})
     elif pretrained:
         loaded = load_pretrained_encoder(model, config.encoder)
         config = config.replace(training={**config.training, "pretrained": loaded})
     model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPUs (measured: steps of 160² crops)
     net: torch.nn.Module = DistributedDataParallel(model) if processes.distributed else model
-    feed = Feed.build(train_records, config, profile, processes, seed, loader_workers)
+    feed = Feed.build(train_records, config, profile, processes, seed, loader_workers, class_targets)
     optimizer = torch.optim.AdamW(net.parameters(), lr=profile.lr, weight_decay=profile.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     average = WeightAverage(model, profile.average_decay)
@@ -108,7 +121,7 @@ def setup(data_dir: Path, out_dir: Path, profile: TrainConfig, labels: str, mask
     if resume:
         state, config = load_last(out_dir, model, optimizer, scaler, average, device)
     run = Run(profile, processes, device, out_dir, seed, weight, config, model, net, average, feed, optimizer,
-              scaler, val_records, state)  # fmt: skip
+              scaler, val_records, state, class_weights=class_weights, teacher=teacher)  # fmt: skip
 
     if processes.main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,7 +150,11 @@ def train_step(run: Run, batch: dict[str, torch.Tensor]) -> float:
     masks = batch["mask"].to(run.device)
     with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.device.type == "cuda"):
         logits = run.net(images)
-    loss = dice_bce_loss(logits, masks, run.pos_weight)
+        if run.teacher is not None:
+            with torch.no_grad():
+                teacher = run.teacher(images)
+    loss = segmentation_loss(logits, masks, run.pos_weight, run.class_weights,
+                             teacher if run.teacher is not None else None)  # fmt: skip
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.optimizer)
@@ -208,12 +225,15 @@ def train(
     loader_workers: int = 0,
     command: str = "",
     init: Path | None = None,
+    classes: bool = True,
+    pitch_um: float | None = None,
 ) -> dict[str, Any]:
     """Train a model on a prepared folder, from scratch or (`init`) from another model's weights; returns a summary
-    of the best epoch (empty on processes other than the main one)."""
+    of the best epoch (empty on processes other than the main one). From exact truth the model learns the defect
+    classes too, unless `classes` is off; `pitch_um` states the pitch of the camera it will serve."""
     out_dir = Path(out_dir)
     run = setup(data_dir, out_dir, profile, labels, masks_dir, device_name, seed, pos_weight, pretrained, resume,
-                loader_workers, command, init)  # fmt: skip
+                loader_workers, command, init, classes, pitch_um)  # fmt: skip
     started = time.perf_counter() - run.state.seconds
     run.net.train()
     for epoch in range(run.state.epochs_done, profile.epochs):

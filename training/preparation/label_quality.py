@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.inference.classes import DEFECT_CLASSES
 from training.learning.metrics import Counts, components_found, confusion
 from training.preparation.labels import VOTES
-from training.renderer.defects import CLASSES
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def layer_stats(votes: np.ndarray, truth: np.ndarray) -> dict:
     for rule, needed in VOTES.items():
         label = votes >= needed
         per_class = {}
-        for class_id, name in enumerate(CLASSES, start=1):
+        for class_id, name in enumerate(DEFECT_CLASSES, start=1):
             cls = truth == class_id
             if cls.any():
                 found, total = components_found(label, cls)
@@ -73,7 +73,7 @@ def summarize(stats: list[tuple[str, dict]], chosen: str) -> dict:
     }
     for rule in VOTES:
         counts = Counts()
-        classes = {name: {"pixels": 0, "covered": 0, "found": 0, "instances": 0} for name in CLASSES}
+        classes = {name: {"pixels": 0, "covered": 0, "found": 0, "instances": 0} for name in DEFECT_CLASSES}
         clean_flagged = 0
         for _, layer in stats:
             entry = layer["rules"][rule]

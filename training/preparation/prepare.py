@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.inference.config import DEFAULT_AZIMUTHS_DEG
+from training.inference.config import DEFAULT_AZIMUTHS_DEG, check_pitch
 from training.inference.images import ImageError, encode_png, read_png_array, write_atomic, write_csv, write_json
 from training.preparation import label_quality
 from training.preparation.labels import LabelConfig, check_vote, light_votes, vote
@@ -41,6 +41,7 @@ MANIFEST_COLUMNS = (
     "mask",
     "truth",
     "converted_from_colour",
+    "pitch_um",
 )
 
 
@@ -53,9 +54,12 @@ class PrepareConfig:
     azimuths_deg: tuple[float, float, float] | None = (
         None  # light k's azimuth; None: from synth_config.json or DEFAULT_AZIMUTHS_DEG
     )
+    pitch_um: float | None = None  # micrometres per pixel of every layer; None: each layer's meta JSON, else unknown
 
     def __post_init__(self) -> None:
         check_vote(self.vote)
+        if self.pitch_um is not None:
+            check_pitch(self.pitch_um, "pitch")
         if len(self.split) != 3 or any(f < 0 for f in self.split) or abs(sum(self.split) - 1.0) > 1e-6:
             raise ValueError(
                 f"split must be three non-negative fractions (train, val, test) summing to 1, got {self.split}"
@@ -119,6 +123,7 @@ def _process(job: tuple[Triplet, PrepareConfig, str, str | None]) -> dict:
     """Stack, label and write one layer; return its manifest row and its label-quality statistics."""
     triplet, config, out_dir, truth_dir = job
     out = Path(out_dir)
+    pitch = config.pitch_um if config.pitch_um is not None else recorded_pitch(triplet)
     loaded = load_triplet(triplet, config.limits)
     if isinstance(loaded, Dropped):  # the files changed since the first pass
         return {"row": None, "stats": None, "dropped": loaded}
@@ -142,6 +147,7 @@ def _process(job: tuple[Triplet, PrepareConfig, str, str | None]) -> dict:
         "mask": f"masks/{lid}.png",
         "truth": "",
         "converted_from_colour": int(loaded.converted_from_colour),
+        "pitch_um": "" if pitch is None else round(pitch, 6),
     }
     result: dict = {"row": row, "stats": None, "dropped": None}
     write_atomic(out / row["image"], encode_png(stack))
@@ -152,6 +158,16 @@ def _process(job: tuple[Triplet, PrepareConfig, str, str | None]) -> dict:
         row["truth_fraction"] = round(float((truth > 0).mean()), 6)
         result["stats"] = label_quality.layer_stats(votes, truth)
     return result
+
+
+def recorded_pitch(triplet: Triplet) -> float | None:
+    """The layer's pitch from the meta JSON `synth` writes beside its raw folder (`../meta/<layer_id>.json`), or
+    None when there is none (real data: `prepare --pitch` states it)."""
+    meta = triplet.paths[0].parent.parent / "meta" / f"{triplet.layer_id}.json"
+    if not meta.exists():
+        return None
+    value = json.loads(meta.read_text()).get("pitch_um")
+    return None if value is None else check_pitch(value, f"pitch_um in {meta}")
 
 
 def _recorded_azimuths(raw: Path) -> tuple[float, float, float]:
@@ -225,6 +241,7 @@ def prepare(
         "reasons": {r: REASONS[r] for r in sorted(reasons)},
         "splits": {s: sum(r["split"] == s for r in rows) for s in SPLITS},
         "azimuths_deg": list(azimuths),
+        "pitch_um": config.pitch_um if config.pitch_um is not None else "each layer's meta JSON, where there is one",
         "config": dataclasses.asdict(config),
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -18,18 +18,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from training.inference.classes import CLASS_IDS, DEFECT_CLASSES
 from training.renderer.lighting import Materials
 from training.renderer.surface import Part, Surface, correlated_noise
-
-CLASSES: tuple[str, ...] = (
-    "recoater_streak",
-    "recoater_hopping",
-    "incomplete_spreading",
-    "swelling",
-    "spatter",
-    "pit",
-)
-CLASS_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(CLASSES)}  # 0 means no defect
 
 
 @dataclass(frozen=True)
@@ -249,11 +240,13 @@ ORDER: tuple[str, ...] = ("incomplete_spreading", "recoater_hopping", "recoater_
 def parse_classes(text: str) -> tuple[str, ...]:
     """Parse a comma-separated list of class names ("all" for every class)."""
     if text.strip() == "all":
-        return CLASSES
+        return DEFECT_CLASSES
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     unknown = [n for n in names if n not in CLASS_IDS]
     if unknown or not names:
-        raise ValueError(f"unknown defect class(es) {unknown or text!r}; choose from: {', '.join(CLASSES)} or 'all'")
+        raise ValueError(
+            f"unknown defect class(es) {unknown or text!r}; choose from: {', '.join(DEFECT_CLASSES)} or 'all'"
+        )
     return names
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from training.inference import serialize
+from training.inference.classes import CLASS_IDS, DEFECT_CLASSES
 from training.inference.config import DEFAULT_AZIMUTHS_DEG
 from training.inference.images import encode_png, write_atomic, write_json
 from training.renderer import camera, defects, lighting, physics
 from training.renderer.camera import CameraConfig
-from training.renderer.defects import CLASS_IDS, CLASSES, DEFAULT_SPECS, DefectSpec, LayerContext
+from training.renderer.defects import DEFAULT_SPECS, DefectSpec, LayerContext
 from training.renderer.physics import LayerPhysics, PhysicsRanges
 from training.renderer.surface import (
     SurfaceConfig,
@@ -65,9 +66,9 @@ class SynthConfig:
             raise ValueError(f"clean fraction must be within 0..1, got {self.clean_fraction}")
         lighting.parse_azimuths(self.azimuths_deg)
         lighting.check_elevation(self.elevation_deg)
-        unknown = set(self.defects) - set(CLASSES)
+        unknown = set(self.defects) - set(DEFECT_CLASSES)
         if unknown:
-            raise ValueError(f"unknown defect class(es) {sorted(unknown)}; choose from: {', '.join(CLASSES)}")
+            raise ValueError(f"unknown defect class(es) {sorted(unknown)}; choose from: {', '.join(DEFECT_CLASSES)}")
         if self.clean_fraction < 1.0 and not any(s.probability > 0 for s in self.defects.values()):
             raise ValueError("no defect class has a positive probability, but clean_fraction < 1")
 
@@ -128,7 +129,7 @@ def layer_physics(config: SynthConfig, seed: int, index: int) -> LayerPhysics:
 
 def _choose_defects(rng: np.random.Generator, config: SynthConfig) -> list[str]:
     """Class names of the instances to stamp on one defective layer (at least one)."""
-    active = [n for n in CLASSES if n in config.defects and config.defects[n].probability > 0]
+    active = [n for n in DEFECT_CLASSES if n in config.defects and config.defects[n].probability > 0]
     chosen: list[str] = []
     for name in active:
         spec = config.defects[name]
@@ -239,7 +240,7 @@ def generate_layer(config: SynthConfig, seed: int, index: int) -> Layer:
         "exposure_cut": round(flat / exposed, 5),  # < 1 where auto-exposure kept the drawn level from saturating
         "clean": not records,
         "defects": records,
-        "classes": {name: CLASS_IDS[name] for name in CLASSES},
+        "classes": {name: CLASS_IDS[name] for name in DEFECT_CLASSES},
     }
     return Layer(lid, images, truth, meta)
 
@@ -277,7 +278,7 @@ def synthesize(
         raise ValueError(f"number of layers must be at least 1, got {layers}")
     out = Path(out)
     jobs = [(config, seed, i, str(out)) for i in range(start, start + layers)]
-    counts = {name: 0 for name in CLASSES}
+    counts = {name: 0 for name in DEFECT_CLASSES}
     clean = 0
     started = time.perf_counter()
     for result in progress_map(_work, jobs, workers, desc="synth", unit="layer"):

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.images import write_atomic
 from training.preparation.labels import VOTES
-from training.renderer.defects import CLASSES
 from training.reports.figures import display_stack, error_overlay, pyplot, save_png
 from training.reports.provenance import produced_by
 
@@ -75,9 +75,11 @@ def plot_metrics(summary: dict, path: Path) -> None:
     axes[0].set_title("pixel scores against exact truth")
     axes[0].legend(title="vote")
     for i, rule in enumerate(rules):
-        values = [summary["rules"][rule]["classes"][n]["instance_recall"] or 0.0 for n in CLASSES]
-        axes[1].bar(np.arange(len(CLASSES)) + i * width, values, width, label=rule)
-    axes[1].set_xticks(np.arange(len(CLASSES)) + width, [n.replace("_", "\n") for n in CLASSES], fontsize=8)
+        values = [summary["rules"][rule]["classes"][n]["instance_recall"] or 0.0 for n in DEFECT_CLASSES]
+        axes[1].bar(np.arange(len(DEFECT_CLASSES)) + i * width, values, width, label=rule)
+    axes[1].set_xticks(
+        np.arange(len(DEFECT_CLASSES)) + width, [n.replace("_", "\n") for n in DEFECT_CLASSES], fontsize=8
+    )
     axes[1].set_ylim(0, 1)
     axes[1].set_title("defect instances found, per class")
     fig.tight_layout()
@@ -89,14 +91,14 @@ def plot_examples(examples: list[Example], path: Path) -> None:
     from matplotlib.colors import ListedColormap
 
     plt = pyplot()
-    classes_cmap = ListedColormap(["black", *plt.get_cmap("tab10").colors[: len(CLASSES)]])
+    classes_cmap = ListedColormap(["black", *plt.get_cmap("tab10").colors[: len(DEFECT_CLASSES)]])
     columns = ["stacked image", "truth (colour = class)", *[f"vote: {r}" for r in VOTES]]
     fig, axes = plt.subplots(len(examples), len(columns), figsize=(3 * len(columns), 3 * len(examples)), squeeze=False)
     for row, example in enumerate(examples):
         reference = example.truth > 0
         axes[row, 0].imshow(display_stack(example.stack))
         axes[row, 0].set_ylabel(example.layer_id, fontsize=8)
-        axes[row, 1].imshow(example.truth, cmap=classes_cmap, vmin=0, vmax=len(CLASSES), interpolation="nearest")
+        axes[row, 1].imshow(example.truth, cmap=classes_cmap, vmin=0, vmax=len(DEFECT_CLASSES), interpolation="nearest")
         for col, needed in enumerate(VOTES.values(), start=2):
             axes[row, col].imshow(error_overlay(example.stack, example.votes >= needed, reference))
         for col, title in enumerate(columns):
@@ -119,7 +121,7 @@ def render(quality: LabelQuality) -> str:
         for rule, r in summary["rules"].items()
     ]
     class_rows = []
-    for name in CLASSES:
+    for name in DEFECT_CLASSES:
         per_rule = [summary["rules"][rule]["classes"][name] for rule in VOTES]
         class_rows.append(
             f"| {name} | {per_rule[0]['instances']} | "

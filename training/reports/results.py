@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.images import write_atomic
 from training.learning.metrics import FOUND_COVERAGE
-from training.renderer.defects import CLASSES
 from training.reports.figures import display_stack, error_overlay, pyplot, save_png
 from training.reports.provenance import produced_by
 
@@ -106,10 +106,10 @@ def render(
     rows = [_row(f"U-Net trained on {r.label_source}", f"{r.threshold:.3f}", r.scores) for r in results] + [
         _row("heuristic labeller (baseline)", "-", baseline)
     ]
-    class_head = " | ".join(n.replace("_", " ") for n in CLASSES)
+    class_head = " | ".join(n.replace("_", " ") for n in DEFECT_CLASSES)
     class_rows = []
     for name, s in [(f"trained on {r.label_source}", r.scores) for r in results] + [("heuristic labeller", baseline)]:
-        values = [s["defect_recall_by_class"][n] for n in CLASSES]
+        values = [s["defect_recall_by_class"][n] for n in DEFECT_CLASSES]
         class_rows.append(f"| {name} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in values) + " |")
     instances = results[0].scores["instances_by_class"]
     training_rows = []
@@ -148,9 +148,9 @@ def render(
             "## Defect-level recall per class (vs truth)",
             "",
             f"| detector | {class_head} |",
-            "|---|" + "---|" * len(CLASSES),
+            "|---|" + "---|" * len(DEFECT_CLASSES),
             *class_rows,
-            "| instances in the test split | " + " | ".join(str(instances[n]) for n in CLASSES) + " |",
+            "| instances in the test split | " + " | ".join(str(instances[n]) for n in DEFECT_CLASSES) + " |",
             "",
             "## Training",
             "",
