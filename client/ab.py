@@ -71,11 +71,11 @@ class WeightedSplit:
 
 
 def decode_mask(answer: dict[str, Any]) -> np.ndarray:
-    """(H, W) bool from an answer's mask PNG."""
+    """(H, W) bool from an answer's mask PNG, binary or class map."""
     if "mask" not in answer:
         raise ValueError("the answer has no mask: request it (return_mask) to compare masks")
     png = base64.b64decode(answer["mask"]["data"])
-    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE) == 255
+    return cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE) > 0  # binary 255, or a class id
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -87,8 +87,9 @@ def run_ab_report(
     per_model: dict[str, dict[str, Any]] = {}
     masks: dict[str, dict[str, np.ndarray]] = {}
     decisions: dict[str, dict[str, bool]] = {}
+    found: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # model -> layer -> class -> its class_summary entry
     for model in models:
-        latencies, masks[model], decisions[model] = [], {}, {}
+        latencies, masks[model], decisions[model], found[model] = [], {}, {}, {}
         counts = Counts()
         judged, unfamiliar = 0, 0  # distinct layers whose answer says whether they are familiar, and how many are not
         started = time.perf_counter()
@@ -100,6 +101,7 @@ def run_ab_report(
                 mask = decode_mask(prediction.answer)
                 masks[model][layer.layer_id] = mask
                 decisions[model][layer.layer_id] = bool(prediction.answer["defect"])
+                found[model][layer.layer_id] = {c["name"]: c for c in prediction.answer.get("class_summary", [])}
                 familiarity = prediction.answer.get("familiarity")  # absent from older servers' answers
                 if familiarity is not None:
                     judged += 1
@@ -116,6 +118,7 @@ def run_ab_report(
             "f1_vs_truth": counts.f1() if counts.total else None,
             "layers_scored": len(masks[model]),
             "unfamiliar_layers": unfamiliar if judged else None,
+            "classes": class_totals(found[model].values()),
             "latencies_ms": latencies,
         }
     a, b = models[0], models[1]
@@ -129,8 +132,32 @@ def run_ab_report(
         "mask_iou_mean": float(np.mean(ious)),
         "mask_iou_min": float(np.min(ious)),
         "decision_agreement": float(np.mean([decisions[a][i] == decisions[b][i] for i in shared])),
+        "classes": class_agreement(found[a], found[b], shared),
     }
     return ABReport(command, f"the service at {client.url}", per_model, agreement)
+
+
+def class_totals(layers: Any) -> dict[str, dict[str, int]]:
+    """Per class over a variant's distinct layers (each a class -> class_summary entry mapping): regions, pixels
+    and the layers it was found on. Empty for a model without classes."""
+    totals: dict[str, dict[str, int]] = {}
+    for classes in layers:
+        for name, c in classes.items():
+            t = totals.setdefault(name, {"components": 0, "area_px": 0, "layers": 0})
+            t["components"] += c["components"]
+            t["area_px"] += c["area_px"]
+            t["layers"] += c["components"] > 0
+    return totals
+
+
+def class_agreement(a: dict[str, dict], b: dict[str, dict], layers: list[str]) -> dict[str, float]:
+    """Per class: the share of the shared layers on which both variants agree whether the class is there."""
+
+    def present(side: dict[str, dict], layer: str, name: str) -> bool:
+        return side[layer].get(name, {}).get("components", 0) > 0
+
+    names = sorted({n for i in layers for n in (*a[i], *b[i])})
+    return {n: float(np.mean([present(a, i, n) == present(b, i, n) for i in layers])) for n in names}
 
 
 def save(result: ABReport, path: Path) -> None:

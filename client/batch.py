@@ -22,15 +22,17 @@ from typing import Any
 from client.ab import ABClient
 from client.client import DefectClient, ServiceError
 from client.overlay import write_overlay
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.images import write_csv
 from training.preparation.triplets import group_files
 
 log = logging.getLogger(__name__)
 
+CLASS_COLUMNS = tuple(f"{name}_{what}" for name in DEFECT_CLASSES for what in ("components", "area_px", "area_mm2"))
 SUMMARY_COLUMNS = (
-    "layer_id", "status", "model", "defect", "max_confidence", "defect_area_pct", "bbox", "components_total",
-    "familiar", "unfamiliar_reasons", "latency_ms", "attempt_ms", "attempts", "mask_iou", "decision_agreement",
-    "error_kind", "error",
+    "layer_id", "status", "model", "defect", "max_confidence", "defect_area_pct", "defect_area_mm2", "bbox",
+    "bbox_mm", "components_total", *CLASS_COLUMNS, "familiar", "unfamiliar_reasons", "latency_ms", "attempt_ms",
+    "attempts", "mask_iou", "decision_agreement", "error_kind", "error",
 )  # fmt: skip
 
 
@@ -84,10 +86,27 @@ def _record(layer_id: str, files: list[str], prediction=None, comparison=None, e
     return record
 
 
+def _class_cells(answer: dict[str, Any]) -> dict[str, Any]:
+    """The per-class columns: each class's regions, pixels and mm² (empty for a model without classes and for older
+    servers' answers; an ignored class's regions are counted here too)."""
+    cells = {}
+    for summary in answer.get("class_summary", []):
+        for what in ("components", "area_px", "area_mm2"):
+            value = summary.get(what)
+            cells[f"{summary['name']}_{what}"] = "" if value is None else value
+    return cells
+
+
+def _json_cell(value: Any) -> str:
+    return "" if value is None else json.dumps(value)
+
+
 def _summary_row(record: dict[str, Any]) -> dict[str, Any]:
     answer, shadow = record.get("answer", {}), record.get("shadow", {})
     familiarity = answer.get("familiarity", {})  # absent from error records and from older servers' answers
     return {
+        **dict.fromkeys(CLASS_COLUMNS, ""), **_class_cells(answer),
+        "defect_area_mm2": _json_cell(answer.get("defect_area_mm2")), "bbox_mm": _json_cell(answer.get("bbox_mm")),
         "layer_id": record["layer_id"], "status": record["status"], "model": record.get("model", ""),
         "defect": answer.get("defect", ""), "max_confidence": answer.get("max_confidence", ""),
         "defect_area_pct": answer.get("defect_area_pct", ""), "bbox": json.dumps(answer.get("bbox")) if answer else "",

@@ -1,5 +1,5 @@
 """An overlay PNG for a person: the three light images stacked as colour (channel k = light k) with the defect
-mask's outline and the union box drawn on top."""
+mask's outline and each region's box in its class's colour (`training/inference/classes.py`) drawn on top."""
 
 from __future__ import annotations
 
@@ -11,20 +11,27 @@ import cv2
 import numpy as np
 
 from client.ab import decode_mask
+from training.inference.classes import CLASS_COLOURS, UNCLASSIFIED_COLOUR
 from training.inference.images import encode_png, read_gray, write_atomic
 
 OUTLINE = (255, 0, 255)  # magenta: absent from the gray-ish stack
-BOX = (255, 255, 0)
 
 
-def overlay(stack_rgb: np.ndarray, mask: np.ndarray, bbox: Sequence[int] | None) -> np.ndarray:
-    """(H, W, 3) uint8 image with the mask outline (and the union box) drawn."""
+def rgb(colour: str) -> tuple[int, int, int]:
+    """'#RRGGBB' -> (R, G, B)."""
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def overlay(stack_rgb: np.ndarray, mask: np.ndarray, components: Sequence[dict[str, Any]]) -> np.ndarray:
+    """(H, W, 3) uint8 RGB image with the mask outline and each component's box, in its class's colour (a region
+    without a class in UNCLASSIFIED_COLOUR), drawn just outside the box."""
     image = np.ascontiguousarray(stack_rgb.copy())
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(image, contours, -1, OUTLINE, 1)
-    if bbox is not None:
-        x, y, w, h = bbox
-        cv2.rectangle(image, (x, y), (x + w - 1, y + h - 1), BOX, 1)
+    for component in components:
+        x, y, w, h = component["bbox"]
+        colour = CLASS_COLOURS.get(component.get("class_name") or "", UNCLASSIFIED_COLOUR)
+        cv2.rectangle(image, (x - 1, y - 1), (x + w, y + h), rgb(colour), 1)
     return image
 
 
@@ -38,4 +45,4 @@ def to_8bit(stack: np.ndarray) -> np.ndarray:
 
 def write_overlay(paths: Sequence[Path], answer: dict[str, Any], out: Path) -> None:
     stack = to_8bit(np.stack([read_gray(p).pixels for p in paths], axis=-1))
-    write_atomic(out, encode_png(overlay(stack, decode_mask(answer), answer.get("bbox"))))
+    write_atomic(out, encode_png(overlay(stack, decode_mask(answer), answer.get("components", []))))

@@ -112,4 +112,7 @@ class DefectHandler(BaseHandler):
         metrics.add_counter("DefectDecisions", 1, idx, [variant, decision])
         # 0 for a familiar layer, so the series exists from the first answer and reads 0 rather than absent
         metrics.add_counter("UnfamiliarLayers", int(not answer.familiarity.familiar), idx, [variant])
+        for summary in answer.class_summary:  # every class from the first answer on, so each series reads 0, not absent
+            components = summary.components if summary.counted else 0
+            metrics.add_counter("DefectComponents", components, idx, [variant, Dimension("Class", summary.name)])
         metrics.add_time("DefectInferenceTime", answer.timing_ms.inference, idx, "ms", [variant])

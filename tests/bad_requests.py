@@ -111,6 +111,16 @@ CASES: list[Case] = [
     Case("threshold NaN", 400, "invalid_option", lambda g: as_json({"images": [b64(x) for x in g], "threshold": "NaN"})),
     Case("threshold true", 400, "invalid_option", lambda g: as_json({"images": [b64(x) for x in g], "threshold": True})),
     Case("return_mask not a flag", 400, "invalid_option", lambda g: {"files": files(*g), "data": {"return_mask": "maybe"}}),
+    Case("pitch 0", 400, "invalid_option", lambda g: {"files": files(*g), "data": {"pitch_um": "0"}}),
+    Case("negative pitch", 400, "invalid_option", lambda g: {"files": files(*g), "data": {"pitch_um": "-25"}}),
+    Case("pitch not a number", 400, "invalid_option", lambda g: {"files": files(*g), "data": {"pitch_um": "fine"}}),
+    Case("pitch infinite", 400, "invalid_option", lambda g: as_json({"images": [b64(x) for x in g], "pitch_um": "inf"})),
+    Case("unknown class to ignore", 400, "invalid_option", lambda g: {"files": files(*g), "data": {"ignore_classes": "spatter,crack"}}),
+    Case("classes to ignore not names", 400, "invalid_option", lambda g: as_json({"images": [b64(x) for x in g], "ignore_classes": [1, 2]})),
+    Case("unknown mask format", 400, "invalid_option", lambda g: {"files": files(*g), "data": {"mask_format": "rgb"}}),
+    Case("pitch, ignored classes and a class map", 200, None,
+         lambda g: {"files": files(*g), "data": {"pitch_um": "25", "ignore_classes": "spatter, pit", "mask_format": "classes"}}),
+    Case("json with classes to ignore", 200, None, lambda g: as_json({"images": [b64(x) for x in g], "ignore_classes": ["spatter"], "pitch_um": 30})),
     # what the frontend answers
     Case("body over max_request_size", 413, None, lambda g: {"data": b"0" * (MAX_REQUEST + 1), "headers": {"Content-Type": "application/octet-stream"}},
          message=False),  # Netty refuses it before TorchServe's code: a bare 413, no JSON (documented in docs/api.md)

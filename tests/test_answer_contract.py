@@ -75,14 +75,14 @@ def _documented(path: str) -> bool:
 
 def test_the_page_reads_only_documented_fields():
     script = (ROOT / "web" / "app.js").read_text()
-    used = set(re.findall(r"\banswer\.([a-z_]+(?:\.[a-z_]+)?)", script))
+    used = set(re.findall(r"\banswer\.([a-z0-9_]+(?:\.[a-z0-9_]+)?)", script))
     used = {u if u.split(".")[0] in NESTED else u.split(".")[0] for u in used}  # answer.bbox.join: a method
     assert {"defect", "bbox", "model.variant", "timing_ms.inference", "familiarity.reasons"} <= used  # the scan works
     assert [u for u in used if not _documented(u)] == []
 
 
 def test_the_client_and_benches_read_only_documented_fields():
-    pattern = re.compile(r"answer(?:\.get\(|\[)\"([a-z_]+)\"(?:[^\[\n]*?\[\"([a-z_]+)\"\])?")
+    pattern = re.compile(r"answer(?:\.get\(|\[)\"([a-z0-9_]+)\"(?:[^\[\n]*?\[\"([a-z0-9_]+)\"\])?")
     used = set()
     for path in [*(ROOT / "client").glob("*.py"), *(ROOT / "bench").glob("*.py")]:
         for top, sub in pattern.findall(path.read_text()):

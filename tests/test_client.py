@@ -18,6 +18,7 @@ from client.__main__ import main as client_main
 from client.ab import ABClient, WeightedSplit, bucket, parse_weights
 from client.batch import run_batch
 from client.client import DefectClient, KeySource, ServiceError
+from training.inference.classes import DEFECT_CLASSES
 from training.renderer.synth import SynthConfig, generate_layer, write_layer
 from training.serving.launcher import LISTENERS, free_port, start
 
@@ -287,6 +288,7 @@ def test_the_command_line_predicts_and_reports_ab(torchserve, synthetic, tmp_pat
     text = report.read_text()
     assert "python -m client ab-report" in text and "defect_int8" in text and "F1" in text
     assert re.search(r"\| defect_int8 \|.* \| \d+ of \d+ \|$", text, re.M)  # unfamiliar layers, counted
+    assert re.search(r"^\| spatter \| \d+ \(\d+\) \| \d+ \(\d+\) \| \d+\.\d% \|$", text, re.M)  # per class
     printed = capsys.readouterr().out
     assert "agreement over" in printed
     assert client_main(["predict", "--angles", angles[0], angles[1], "/no/such.png", *common]) == 2
@@ -385,3 +387,47 @@ def test_a_batch_survives_the_server_stopping_and_starting_again(tiny_store, tmp
         failed = max(at for lay, at, status in events if lay == layer and status != 200)
         assert any(at > failed for lay, at, status in events if lay == layer and status == 200), layer
         assert records[layer]["latency_ms"] > records[layer]["attempt_ms"]
+
+
+def test_class_totals_and_agreement_over_layers():
+    from client.ab_report import class_agreement, class_totals
+
+    spatter = {"name": "spatter", "components": 2, "area_px": 9, "area_mm2": None, "counted": True}
+    none = {**spatter, "components": 0, "area_px": 0}
+    a = {"L1": {"spatter": spatter}, "L2": {"spatter": none}}
+    b = {"L1": {"spatter": none}, "L2": {"spatter": none}}
+    assert class_totals(a.values()) == {"spatter": {"components": 2, "area_px": 9, "layers": 1}}
+    assert class_agreement(a, b, ["L1", "L2"]) == {"spatter": 0.5}
+    assert class_totals([{}]) == {} and class_agreement({"L1": {}}, {"L1": {}}, ["L1"]) == {}
+
+
+def test_the_csv_has_a_column_per_class_and_millimetres():
+    from client.batch import CLASS_COLUMNS, SUMMARY_COLUMNS, _summary_row
+
+    assert {f"{n}_components" for n in DEFECT_CLASSES} <= set(CLASS_COLUMNS) <= set(SUMMARY_COLUMNS)
+    summary = [{"name": n, "components": 1, "area_px": 4, "area_mm2": 0.0025, "counted": True} for n in DEFECT_CLASSES]
+    answer = {"defect": True, "class_summary": summary, "defect_area_mm2": 0.015, "bbox": [1, 2, 3, 4],
+              "bbox_mm": [0.025, 0.05, 0.075, 0.1]}  # fmt: skip
+    row = _summary_row({"layer_id": "L", "status": "ok", "answer": answer})
+    assert (
+        row["spatter_components"] == 1
+        and row["pit_area_mm2"] == 0.0025
+        and row["bbox_mm"] == "[0.025, 0.05, 0.075, 0.1]"
+    )
+    binary = _summary_row({"layer_id": "L", "status": "ok", "answer": {"defect": False, "bbox": None}})
+    assert binary["spatter_components"] == "" and binary["defect_area_mm2"] == "" and set(row) == set(binary)
+
+
+def test_the_overlay_boxes_each_region_in_its_class_colour():
+    import numpy as np
+
+    from client.overlay import overlay, rgb
+    from training.inference.classes import CLASS_COLOURS, UNCLASSIFIED_COLOUR
+
+    stack, mask = np.full((40, 40, 3), 90, np.uint8), np.zeros((40, 40), bool)
+    mask[5:9, 5:9] = mask[20:30, 25:30] = True
+    components = [{"bbox": [5, 5, 4, 4], "class_name": "spatter"}, {"bbox": [25, 20, 5, 10], "class_name": None}]
+    image = overlay(stack, mask, components)
+    assert tuple(image[4, 6]) == rgb(CLASS_COLOURS["spatter"])  # the row just above the first box
+    assert tuple(image[19, 27]) == rgb(UNCLASSIFIED_COLOUR)
+    assert tuple(image[5, 5]) == (255, 0, 255)  # the mask's outline stays magenta

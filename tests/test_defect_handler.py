@@ -5,6 +5,7 @@ import json
 import zipfile
 from pathlib import Path
 
+import cv2
 import jsonschema
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handler.defect_handler import DefectHandler
 from tests.images_for_tests import encode, lit_layer, png_header_only, triplet
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.config import ModelConfig
 from training.inference.familiarity import assess, statistics_range
 from training.inference.loaders import load_variant
@@ -97,7 +99,8 @@ def test_a_good_triplet_is_answered_as_the_library_answers_it(loaded):
             predict_tiled(model, np.stack(images, -1), config), config.threshold, True, handler.serving.max_components
         )
     )
-    for key in ("defect", "max_confidence", "defect_area_px", "bbox", "components", "components_total", "threshold"):
+    for key in ("defect", "max_confidence", "defect_area_px", "bbox", "components", "components_total", "threshold",
+                "classes_available", "class_summary", "scale", "defect_area_mm2", "bbox_mm"):  # fmt: skip
         assert answer[key] == expected[key], key
     assert answer["mask"] == expected["mask"]
     variant = context.model_name.removeprefix("defect_")
@@ -106,6 +109,27 @@ def test_a_good_triplet_is_answered_as_the_library_answers_it(loaded):
     assert set(answer["timing_ms"]) == {"decode", "inference", "postprocess"}
     stack = np.stack(images, -1)
     assert answer["familiarity"] == to_dict(assess(stack, config, expected["defect_area_px"] / stack[..., 0].size))
+
+
+def test_a_class_model_names_classes_and_a_stated_pitch_gives_millimetres(loaded):
+    handler, context, _ = loaded
+    assert handler.config.class_names == DEFECT_CLASSES  # the tiny model learned from exact truth
+    options = {"threshold": "0.01", "pitch_um": "20", "mask_format": "classes"}
+    [(code, answer)] = serve(handler, context, [multipart(layer_blobs(), **options)])
+    assert code == 200 and answer["classes_available"] and answer["defect"]
+    assert [c["name"] for c in answer["class_summary"]] == list(DEFECT_CLASSES)
+    assert sum(c["area_px"] for c in answer["class_summary"]) == answer["defect_area_px"]
+    assert all(c["class_name"] in DEFECT_CLASSES and 0 < c["class_confidence"] <= 1 for c in answer["components"])
+    assert answer["scale"] == {"pitch_um": 20.0, "source": "request", "note": ""}
+    assert answer["defect_area_mm2"] == pytest.approx(answer["defect_area_px"] * 0.02**2, rel=1e-4)
+    classes = cv2.imdecode(np.frombuffer(base64.b64decode(answer["mask"]["data"]), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert answer["mask"]["kind"] == "classes" and set(np.unique(classes)) <= set(range(len(DEFECT_CLASSES) + 1))
+    assert int(np.count_nonzero(classes)) == answer["defect_area_px"]
+    every = ",".join(DEFECT_CLASSES)  # every class ignored: nothing is left to decide on
+    [(_, none_left)] = serve(handler, context, [multipart(layer_blobs(), threshold="0.01", ignore_classes=every)])
+    assert not none_left["defect"] and none_left["defect_area_px"] == 0
+    assert not any(c["counted"] for c in none_left["class_summary"])
+    assert none_left["ignored_classes"] == list(DEFECT_CLASSES)
 
 
 def test_json_body_with_threshold_override_and_no_mask(loaded):
@@ -187,6 +211,10 @@ def test_custom_metrics_are_emitted(loaded, caplog):
     assert any(line.startswith("[METRICS]DefectInferenceTime.") for line in lines)
     unfamiliar = [line for line in lines if line.startswith("[METRICS]UnfamiliarLayers.")]
     assert unfamiliar and f"Variant:{handler.model_info.variant}" in unfamiliar[-1]
+    per_class = [line for line in lines if line.startswith("[METRICS]DefectComponents.")]
+    assert {name for name in DEFECT_CLASSES if any(f"Class:{name}" in line for line in per_class)} == set(
+        DEFECT_CLASSES
+    )
 
 
 @pytest.fixture(scope="module")

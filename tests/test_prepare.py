@@ -64,6 +64,24 @@ def test_manifest_images_masks_and_truth(prepared, synthetic):
         np.testing.assert_array_equal(truth, read_png_array(synthetic / "truth" / f"{row['layer_id']}.png"))
         assert row["label_source"] == "heuristic:majority"
         assert row["split"] in {"train", "val", "test"}
+        meta = json.loads((synthetic / "meta" / f"{row['layer_id']}.json").read_text())
+        assert float(row["pitch_um"]) == pytest.approx(meta["pitch_um"])  # the pitch synth drew for the layer
+
+
+def test_a_stated_pitch_is_every_layers_and_without_one_real_data_has_none(synthetic, tmp_path):
+    raw = tmp_path / "camera"  # real data: a raw folder with no synth meta beside it
+    shutil.copytree(synthetic / "raw", raw)
+    prepare(raw, tmp_path / "unknown", PrepareConfig(), None, None, workers=1)
+    assert {r["pitch_um"] for r in read_csv(tmp_path / "unknown" / "manifest.csv")} == {""}
+    report = prepare(raw, tmp_path / "stated", PrepareConfig(pitch_um=22.5), None, None, workers=1)
+    assert {r["pitch_um"] for r in read_csv(tmp_path / "stated" / "manifest.csv")} == {"22.5"}
+    assert report["pitch_um"] == 22.5
+
+
+@pytest.mark.parametrize("pitch", [0.0, -3.0, float("nan"), 5000.0])
+def test_a_bad_pitch_is_refused(pitch):
+    with pytest.raises(ValueError, match="pitch must be above 0"):
+        PrepareConfig(pitch_um=pitch)
 
 
 def test_label_quality_report_is_written_with_the_command(prepared):

@@ -115,6 +115,21 @@ def test_the_ab_report_states_the_agreement_and_the_latency_ratio(ab_result, tmp
     assert table[1].split() == ["defect_fp32", "180.0", "180.0", "180.0", "5.56", "0.970", "1", "of", "2"]
     assert table[2].split() == ["defect_int8", "60.0", "60.0", "60.0", "16.67", "-", "-"]
     assert table[-1].startswith("agreement over 2 layers: mask IoU 0.9900 pooled")
+    assert "The variants answer without defect classes." in lines
+
+
+def test_the_ab_report_compares_per_class(ab_result, tmp_path):
+    import dataclasses
+
+    classes = {"defect_fp32": {"spatter": {"components": 3, "area_px": 40, "layers": 2}},
+               "defect_int8": {"spatter": {"components": 2, "area_px": 31, "layers": 1}}}  # fmt: skip
+    models = {m: {**r, "classes": classes[m]} for m, r in ab_result.models.items()}
+    agreement = {**ab_result.agreement, "classes": {"spatter": 0.5, "pit": 1.0}}
+    report = tmp_path / "ab.md"
+    ab.write_report(dataclasses.replace(ab_result, models=models, agreement=agreement), report)
+    lines = report.read_text().splitlines()
+    assert "| class | defect_fp32 regions (layers) | defect_int8 regions (layers) | same presence |" in lines
+    assert "| spatter | 3 (2) | 2 (1) | 50.0% |" in lines and "| pit | 0 (0) | 0 (0) | 100.0% |" in lines
 
 
 def test_a_changed_document_is_not_a_change_of_the_code(tmp_path):

@@ -128,6 +128,7 @@ def test_custom_metrics_reach_the_prometheus_endpoint(server, layer):
     assert re.search(r'DefectDecisions\{Variant="int8",Decision="(defect|clean)",ModelName="defect_int8"', text)
     assert re.search(r'DefectInferenceTime\{Variant="int8",ModelName="defect_int8"', text)
     assert re.search(r'UnfamiliarLayers\{Variant="int8",ModelName="defect_int8"', text)  # 0 while familiar
+    assert re.search(r'DefectComponents\{Variant="int8",Class="spatter",ModelName="defect_int8"', text)
 
 
 def code_blocks(language: str) -> list[str]:

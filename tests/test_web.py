@@ -14,6 +14,7 @@ import requests
 
 from tests.images_for_tests import encode
 from tests.service import answer_of
+from training.inference.classes import CLASS_COLOURS, DEFECT_CLASSES, class_label
 from training.inference.config import DECISION_FILE
 from training.inference.familiarity import statistics_range
 from training.inference.loaders import load_variant
@@ -156,6 +157,20 @@ def magenta_pixels(page, variant: str) -> int:
     )
 
 
+def colour_pixels(page, variant: str, colour: str) -> int:
+    """Pixels of the overlay drawn exactly in a '#RRGGBB' colour."""
+    rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return page.locator(f'.panel[data-variant="{variant}"] canvas').evaluate(
+        """(canvas, rgb) => {
+            const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+            let count = 0;
+            for (let i = 0; i < data.length; i += 4) if (data[i] === rgb[0] && data[i + 1] === rgb[1] && data[i + 2] === rgb[2]) count++;
+            return count;
+        }""",
+        rgb,
+    )
+
+
 def test_a_defective_layer_fails_with_overlay_and_the_api_numbers(page, site, layers):
     from playwright.sync_api import expect
 
@@ -165,13 +180,29 @@ def test_a_defective_layer_fails_with_overlay_and_the_api_numbers(page, site, la
     shown = summary(page, "int8")
     assert shown["decision"] == "Fail (defect found)"
     assert shown["max_confidence"] == f"{answer['max_confidence']:.3f}"
-    assert shown["defect_area_pct"] == f"{answer['defect_area_pct']:.2f} % ({answer['defect_area_px']} px)"
-    assert shown["bbox"] == ", ".join(map(str, answer["bbox"]))
+    mm2 = "" if answer["defect_area_mm2"] is None else f", {answer['defect_area_mm2']:.3f} mm²"
+    assert shown["defect_area_pct"] == f"{answer['defect_area_pct']:.2f} % ({answer['defect_area_px']} px{mm2})"
+    mm = "" if answer["bbox_mm"] is None else "; " + ", ".join(f"{v:.2f}" for v in answer["bbox_mm"]) + " mm"
+    assert shown["bbox"] == ", ".join(map(str, answer["bbox"])) + " px" + mm
     assert shown["components"] == str(answer["components_total"])
     assert shown["variant"] == f"int8 (defect_int8, version 1.0, {answer['model']['backend']})"
     assert magenta_pixels(page, "int8") > 0  # the outline is drawn
     canvas = page.locator('.panel[data-variant="int8"] canvas')
     assert canvas.get_attribute("aria-label").startswith("The layer with")
+    panel = page.locator('.panel[data-variant="int8"]')
+    if answer["classes_available"]:  # each region boxed in its class's colour, every class named in text
+        assert panel.locator(".class-legend li").all_inner_texts() == [class_label(n) for n in DEFECT_CLASSES]
+        first = answer["components"][0]["class_name"]
+        assert class_label(first) in canvas.get_attribute("aria-label")
+        assert colour_pixels(page, "int8", CLASS_COLOURS[first]) > 0
+        rows = panel.locator(".class-table tbody tr")
+        assert rows.count() == len(DEFECT_CLASSES) and panel.locator(".class-table").is_visible()
+        for c in answer["class_summary"]:
+            row = panel.locator(f'.class-table tr[data-class="{c["name"]}"]')
+            assert row.locator("td").first.inner_text() == str(c["components"])
+    else:
+        assert panel.locator(".class-legend li").all_inner_texts() == ["defect (no class)"]
+        assert panel.locator(".class-table").is_hidden()
     assert canvas.evaluate("c => [c.width, c.height]") == [SIZE, SIZE]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web_defective.png"), full_page=True)

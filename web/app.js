@@ -78,7 +78,7 @@ async function maskOf(answer) {
   return mask;
 }
 
-async function drawOverlay(canvas, files, answer, mask) {
+async function drawOverlay(canvas, files, answer, mask, config) {
   const { width, height } = answer.mask;
   canvas.width = width;
   canvas.height = height;
@@ -103,20 +103,73 @@ async function drawOverlay(canvas, files, answer, mask) {
     }
   }
   context.putImageData(image, 0, 0);
-  if (answer.bbox) {
-    const [x, y, w, h] = answer.bbox;
-    context.strokeStyle = "rgb(255, 255, 0)";
-    context.lineWidth = 1;
+  context.lineWidth = 1;
+  for (const component of answer.components) {
+    const [x, y, w, h] = component.bbox;
+    context.strokeStyle = colourOf(component.class_name, config);
     context.strokeRect(x - 0.5, y - 0.5, w + 1, h + 1); // just outside the box, so it never hides a defect pixel
   }
-  const regions = answer.components_total;
-  canvas.setAttribute(
-    "aria-label",
-    answer.defect
-      ? `The layer with ${regions} defect region${regions === 1 ? "" : "s"} outlined in magenta`
-      : "The layer; no defect outlined",
-  );
+  canvas.setAttribute("aria-label", overlayLabel(answer, config));
   canvas.dataset.decoded = decoded ? "true" : "false";
+}
+
+function colourOf(className, config) {
+  return className ? config.classes[className].colour : config.unclassified_colour;
+}
+
+function classLabel(className, config) {
+  return className ? config.classes[className].label : "defect (no class)";
+}
+
+function overlayLabel(answer, config) {
+  // What the canvas shows, in words: each region's class, so colour is never the only cue.
+  if (!answer.defect) return "The layer; no defect outlined";
+  const counts = {};
+  for (const component of answer.components) {
+    const label = classLabel(component.class_name, config);
+    counts[label] = (counts[label] || 0) + 1;
+  }
+  const listed = Object.entries(counts).map(([label, n]) => `${n} ${label}`).join(", ");
+  const regions = answer.components_total;
+  return `The layer with ${regions} defect region${regions === 1 ? "" : "s"} outlined in magenta, each boxed in its class colour: ${listed}`;
+}
+
+function fillLegend(panel, answer, config) {
+  // One entry per class of the model (or one for regions without a class), swatch and name.
+  const legend = $(".class-legend", panel);
+  legend.replaceChildren();
+  const names = answer.classes_available ? answer.class_summary.map((c) => c.name) : [null];
+  for (const name of names) {
+    const item = document.createElement("li");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    swatch.style.borderColor = colourOf(name, config);
+    swatch.setAttribute("aria-hidden", "true");
+    item.append(swatch, classLabel(name, config));
+    item.dataset.class = name || "";
+    legend.append(item);
+  }
+}
+
+function fillClassTable(panel, answer, config) {
+  // Regions and area per class, the classes the request ignored marked so.
+  const table = $(".class-table", panel);
+  table.hidden = !answer.classes_available;
+  const body = $("tbody", table);
+  body.replaceChildren();
+  for (const c of answer.class_summary) {
+    const row = document.createElement("tr");
+    row.dataset.class = c.name;
+    const area = c.area_mm2 === null ? `${c.area_px} px` : `${c.area_px} px (${c.area_mm2.toFixed(3)} mm²)`;
+    const cells = [classLabel(c.name, config) + (c.counted ? "" : " (ignored)"), String(c.components), area];
+    for (const [k, text] of cells.entries()) {
+      const cell = document.createElement(k === 0 ? "th" : "td");
+      if (k === 0) cell.scope = "row";
+      cell.textContent = text;
+      row.append(cell);
+    }
+    body.append(row);
+  }
 }
 
 function decisionText(answer) {
@@ -138,8 +191,8 @@ function fillSummary(panel, answer, latency, labels) {
   const fields = {
     decision: answer.defect ? "Fail (defect found)" : "Pass (no defect)",
     max_confidence: answer.max_confidence.toFixed(3),
-    defect_area_pct: `${answer.defect_area_pct.toFixed(2)} % (${answer.defect_area_px} px)`,
-    bbox: answer.bbox ? answer.bbox.join(", ") : "none",
+    defect_area_pct: `${answer.defect_area_pct.toFixed(2)} % (${answer.defect_area_px} px${answer.defect_area_mm2 === null ? "" : `, ${answer.defect_area_mm2.toFixed(3)} mm²`})`,
+    bbox: answer.bbox ? answer.bbox.join(", ") + (answer.bbox_mm ? ` px; ${answer.bbox_mm.map((v) => v.toFixed(2)).join(", ")} mm` : " px") : "none",
     components: String(answer.components_total),
     variant: `${labels[answer.model.variant] || answer.model.variant} (${answer.model.name}, version ${answer.model.version}, ${answer.model.backend})`,
     latency: `${Math.round(latency)} ms (model ${Math.round(answer.timing_ms.inference)} ms)`,
@@ -188,10 +241,12 @@ async function inspect(event) {
       panel.dataset.variant = variant;
       $(".panel-title", panel).textContent = config.labels[variant];
       fillSummary(panel, answer, latency, config.labels);
+      fillLegend(panel, answer, config);
+      fillClassTable(panel, answer, config);
       panels.append(panel);
       const mask = await maskOf(answer);
       masks.push(mask);
-      await drawOverlay($("canvas", panel), files, answer, mask);
+      await drawOverlay($("canvas", panel), files, answer, mask, config);
     }
     const agreement = $("#agreement");
     if (results.length === 2) {

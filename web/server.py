@@ -20,6 +20,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
+from training.inference.classes import CLASS_COLOURS, DEFECT_CLASSES, UNCLASSIFIED_COLOUR, class_label
 from training.inference.variants import VARIANTS
 from training.serving.launcher import CONFIG, read_properties
 
@@ -116,7 +117,9 @@ class PageHandler(SimpleHTTPRequestHandler):
 
     def _config(self) -> None:
         labels = {v.key: v.label for v in VARIANTS}
-        body = {"service": self.settings["inference_url"], "models": self.settings["models"], "labels": labels}
+        classes = {name: {"label": class_label(name), "colour": CLASS_COLOURS[name]} for name in DEFECT_CLASSES}
+        body = {"service": self.settings["inference_url"], "models": self.settings["models"], "labels": labels,
+                "classes": classes, "unclassified_colour": UNCLASSIFIED_COLOUR}  # fmt: skip
         self._json(HTTPStatus.OK, body)
 
     def _json(self, status: HTTPStatus, body: dict) -> None:

@@ -21,6 +21,17 @@ DEFECT_CLASSES: tuple[str, ...] = (
     "pit",
 )
 CLASS_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(DEFECT_CLASSES)}  # 0 means no defect
+# How the page and the client's overlays draw each class (the Okabe-Ito palette, told apart with colour-vision
+# deficiencies; the page also names the class in text, so colour is never the only cue), and a region without a class.
+CLASS_COLOURS: dict[str, str] = {
+    "recoater_streak": "#E69F00",
+    "recoater_hopping": "#56B4E9",
+    "incomplete_spreading": "#009E73",
+    "swelling": "#F0E442",
+    "spatter": "#0072B2",
+    "pit": "#D55E00",
+}
+UNCLASSIFIED_COLOUR = "#CC79A7"
 
 
 def class_label(name: str) -> str:

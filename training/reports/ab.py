@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from training.inference.classes import DEFECT_CLASSES, class_label
 from training.inference.images import write_atomic
 from training.reports.figures import pyplot, save_png
 from training.reports.provenance import produced_by
@@ -61,10 +62,35 @@ def render(result: ABReport, figure: str) -> str:
             f"{ag['decision_agreement']:.1%} of layers; "
             f"median latency {a} / {b} = {speed:.2f}.",
             "",
+            *class_rows(result),
             f"![latency]({figure})",
             "",
         ]
     )
+
+
+def class_rows(result: ABReport) -> list[str]:
+    """Per class: each variant's regions and the layers it found the class on, and how often the two variants agree
+    whether the class is on a layer; nothing for models without classes."""
+    ag = result.agreement
+    names = [n for n in DEFECT_CLASSES if n in ag.get("classes", {})]
+    if not names:
+        return ["The variants answer without defect classes.", ""]
+    models = list(result.models)
+    head = " | ".join(f"{m} regions (layers)" for m in models)
+    rows = [
+        "Per class, over the distinct layers (regions of each class, and on how many layers the class was found):",
+        "",
+        f"| class | {head} | same presence |",
+        "|---|" + "---|" * len(models) + "---|",
+    ]
+    for name in names:
+        cells = []
+        for m in models:
+            t = result.models[m].get("classes", {}).get(name, {"components": 0, "layers": 0})
+            cells.append(f"{t['components']} ({t['layers']})")
+        rows.append(f"| {class_label(name)} | {' | '.join(cells)} | {ag['classes'][name]:.1%} |")
+    return [*rows, ""]
 
 
 def plot_latency(result: ABReport, path: Path) -> None:
