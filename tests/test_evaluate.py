@@ -3,9 +3,10 @@ import shutil
 import numpy as np
 import pytest
 
+from training.inference.classes import CLASS_IDS, DEFECT_CLASSES
 from training.inference.config import DECISION_FILE, Decision
 from training.inference.model import load_checkpoint, state_digest
-from training.learning.evaluate import BINS, Curve, Rule, detection_scores, evaluate, parse_rule
+from training.learning.evaluate import BINS, Curve, Rule, class_scores, detection_scores, evaluate, parse_rule
 
 
 def test_curve_counts_and_threshold_rules():
@@ -78,9 +79,33 @@ def test_evaluate_writes_a_decision_beside_the_untouched_checkpoint_and_a_report
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "| U-Net trained on truth |" in text and "| heuristic labeller (baseline) |" in text
     assert "CMD" in text and "EVAL" in text  # the commands that regenerate it
-    for name in ("results_pr.png", "results_examples.png"):
+    for name in ("results_pr.png", "results_examples.png", "results_classes.png"):
         assert (tmp_path / "docs" / name).stat().st_size > 1000
     assert (run / "pr_curve.png").exists()
+    assert "## Per class (class models)" in text and "| trained on truth | defect recall of its class |" in text
+    assert results[0].classes["classes"] == list(DEFECT_CLASSES)
+
+
+def test_class_scores_count_a_defect_found_only_by_the_mask_of_its_class():
+    from training.learning.dataset import LayerRecord
+
+    truth = np.zeros((20, 20), np.uint8)
+    truth[2:6, 2:6] = CLASS_IDS["spatter"]  # 16 px
+    truth[10:14, 10:18] = CLASS_IDS["recoater_streak"]  # 32 px
+    record = LayerRecord("L", np.zeros((20, 20, 3), np.uint8), truth > 0, truth, truth > 0)
+    mask = truth > 0
+    classes = truth.copy()
+    classes[10:14, 10:18] = CLASS_IDS["pit"]  # the streak is found, but called a pit
+    regions = np.full((20, 20), -1)
+    regions[2:6, 2:6], regions[10:14, 10:18] = CLASS_IDS["spatter"] - 1, CLASS_IDS["pit"] - 1
+    scores = class_scores([mask], [classes], [regions], [record], DEFECT_CLASSES)
+    assert scores["defect_recall"]["spatter"] == 1.0 and scores["defect_recall"]["recoater_streak"] == 0.0
+    assert scores["pixel_iou"]["spatter"] == 1.0 and scores["pixel_iou"]["pit"] == 0.0
+    assert scores["pixel_iou"]["swelling"] is None and scores["instances"]["recoater_streak"] == 1
+    matrix = np.asarray(scores["confusion"])
+    streak, pit, spatter = (DEFECT_CLASSES.index(n) for n in ("recoater_streak", "pit", "spatter"))
+    assert matrix[spatter, spatter] == 1 and matrix[streak, pit] == 1 and matrix.sum() == 2
+    assert scores["regions_right"] == 0.5 and scores["regions_unmatched"] == 0
 
 
 def test_evaluate_on_real_data_without_truth_reports_n_a(tiny_run, tiny_prepared, tmp_path):

@@ -3,6 +3,7 @@ import io
 import pytest
 import torch
 
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.config import ModelConfig
 from training.inference.model import build_model
 from training.inference.quantization import QuantizationConfig, freeze, load_int8, quantize_dynamic, quantize_static
@@ -111,6 +112,8 @@ def test_quantize_command_writes_both_variants_and_agreement(tiny_run, tmp_path,
     assert report["sizes_bytes"]["fp32"] / report["sizes_bytes"]["int8"] > 3.5
     assert 0.0 <= report["static_int8"]["mask_iou"] <= 1.0 and "f1_int8" in report["static_int8"]
     assert report["dynamic_int8"]["max_probability_difference"] == 0.0  # no Linear layers to quantize
+    assert set(report["static_int8"]["class_iou"]) == set(DEFECT_CLASSES)  # a class model: agreement per class
+    assert "Per class: IoU of each class's pixels" in (tmp_path / "q.md").read_text()
     payload = torch.load(run / "model_int8.pt", weights_only=True)
     config = ModelConfig.from_dict(payload["model_config"])
     assert (

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from training.inference.classes import DEFECT_CLASSES
 from training.inference.config import Decision, ModelConfig
 from training.inference.model import load_checkpoint, state_digest
-from training.inference.postprocess import defect_mask
-from training.inference.tiling import defect_probabilities
+from training.inference.postprocess import class_map, class_of_regions, defect_mask
+from training.inference.tiling import defect_probabilities, predict_layers
 from training.learning.dataset import LayerRecord, load_split
 from training.learning.metrics import Counts, components_found, confusion
 from training.reports import results as results_report
@@ -105,6 +106,7 @@ class Evaluation:
     records: list[LayerRecord]  # the split's layers
     predicted: list[np.ndarray]  # (H, W) bool defect mask per layer, at `threshold`
     data: Path  # the prepared folder
+    classes: dict[str, Any] | None = None  # `class_scores` on the split, for a class model on layers with truth
 
 
 def detection_scores(predicted: list[np.ndarray], records: list[LayerRecord]) -> dict[str, Any]:
@@ -142,6 +144,55 @@ def detection_scores(predicted: list[np.ndarray], records: list[LayerRecord]) ->
     }
 
 
+def _iou(c: Counts) -> float | None:
+    """IoU, or None where neither the truth nor the prediction holds the class."""
+    return c.iou() if c.tp + c.fp + c.fn else None
+
+
+def class_scores(
+    predicted: list[np.ndarray], class_maps: list[np.ndarray], region_classes: list[np.ndarray],
+    records: list[LayerRecord], names: tuple[str, ...],
+) -> dict[str, Any]:  # fmt: skip
+    """A class model's scores against the truth's classes. `predicted`: each layer's defect mask; `class_maps`: its
+    class map (0, or 1 + each pixel's most probable class); `region_classes`: each mask region's class index per
+    pixel (-1 outside), as the answer names regions. Per class: pixel IoU of the class maps, and defect recall where
+    a true defect counts as found when the predicted mask *of its class* covers FOUND_COVERAGE of it. The component
+    confusion matrix: each predicted region that overlaps truth, by the truth class holding most of its pixels (row)
+    and the class the model gave it (column)."""
+    k = len(names)
+    pixels = [Counts() for _ in range(k)]
+    found = [[0, 0] for _ in range(k)]
+    matrix = np.zeros((k, k), dtype=np.int64)
+    unmatched = 0  # predicted regions on no true defect
+    for mask, classes, regions, record in zip(predicted, class_maps, region_classes, records, strict=True):
+        if record.truth is None:
+            continue
+        for c in range(k):
+            pixels[c] = pixels[c] + confusion(classes == c + 1, record.truth == c + 1)
+            f, n = components_found(classes == c + 1, record.truth == c + 1)
+            found[c][0] += f
+            found[c][1] += n
+        count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+        for label in range(1, count):
+            inside = labels == label
+            true = np.bincount(record.truth[inside], minlength=k + 1)[1 : k + 1]
+            if true.sum() == 0:
+                unmatched += 1
+                continue
+            matrix[int(true.argmax()), int(regions[inside][0])] += 1
+    matched = int(matrix.sum())
+    return {
+        "classes": list(names),
+        "pixel_iou": {n: _iou(pixels[c]) for c, n in enumerate(names)},
+        "defect_recall": {n: found[c][0] / found[c][1] if found[c][1] else None for c, n in enumerate(names)},
+        "instances": {n: found[c][1] for c, n in enumerate(names)},
+        "confusion": matrix.tolist(),  # rows: true class, columns: predicted class, of matched regions
+        "regions_right": float(np.trace(matrix) / matched) if matched else None,
+        "regions_matched": matched,
+        "regions_unmatched": unmatched,
+    }
+
+
 def evaluate_checkpoint(
     path: Path,
     data_dir: Path | None = None,
@@ -174,12 +225,17 @@ def evaluate_checkpoint(
     log.info("%s: threshold %.3f (%s), written to %s", path, threshold, chosen, written)
 
     test = load_split(data_dir, split, "heuristic")
-    probabilities = defect_probabilities(model, [r.stack for r in test], config)
+    predictions = predict_layers(model, [r.stack for r in test], config)
     test_curve = Curve.empty()
-    for record, probs in zip(test, probabilities, strict=True):
+    for record, prediction in zip(test, predictions, strict=True):
         if record.truth is not None:
-            test_curve.add(probs, record.truth > 0)
-    predicted = [defect_mask(p, threshold) for p in probabilities]
+            test_curve.add(prediction.defect, record.truth > 0)
+    predicted = [defect_mask(p.defect, threshold) for p in predictions]
+    classes = None
+    if config.class_names and any(r.truth is not None for r in test):
+        maps = [class_map(m, p.classes) for m, p in zip(predicted, predictions, strict=True)]
+        regions = [class_of_regions(m, p.classes)[0] for m, p in zip(predicted, predictions, strict=True)]
+        classes = class_scores(predicted, maps, regions, test, config.class_names)
     return Evaluation(
         checkpoint=Path(path),
         label_source=config.label_source,
@@ -191,6 +247,7 @@ def evaluate_checkpoint(
         records=test,
         predicted=predicted,
         data=data_dir,
+        classes=classes,
     )
 
 

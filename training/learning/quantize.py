@@ -24,7 +24,7 @@ from training.inference import serialize
 from training.inference.config import Decision, ModelConfig
 from training.inference.images import write_json
 from training.inference.model import load_checkpoint, save_checkpoint, state_digest
-from training.inference.postprocess import defect_mask
+from training.inference.postprocess import Prediction, class_map, defect_mask
 from training.inference.quantization import (
     QuantizationConfig,
     available_engines,
@@ -33,7 +33,7 @@ from training.inference.quantization import (
     quantize_dynamic,
     quantize_static,
 )
-from training.inference.tiling import defect_probabilities, model_input
+from training.inference.tiling import model_input, predict_layers
 from training.inference.variants import VARIANTS
 from training.learning.dataset import LayerRecord, load_split
 from training.learning.metrics import Counts, confusion
@@ -79,17 +79,23 @@ def calibration_inputs(
 
 
 def agreement(
-    reference: list[np.ndarray], candidate: list[np.ndarray], records: list[LayerRecord], threshold: float
+    reference: list[Prediction], candidate: list[Prediction], records: list[LayerRecord], threshold: float
 ) -> dict[str, Any]:
     """How far int8 decisions follow float32: mask IoU between the two, per-layer defect / no-defect agreement,
-    and each one's pixel F1 against exact truth (when there is truth)."""
+    each one's pixel F1 against exact truth (when there is truth) and, from a class model, the IoU of each class's
+    mask (the class maps' pixels of that class) between the two."""
     between, float_truth, int8_truth = Counts(), Counts(), Counts()
+    names = reference[0].class_names if reference else ()
+    per_class = [Counts() for _ in names]
     same_decision = 0
     has_truth = all(r.truth is not None for r in records)
     for a, b, record in zip(reference, candidate, records, strict=True):
-        fa, fb = defect_mask(a, threshold), defect_mask(b, threshold)
+        fa, fb = defect_mask(a.defect, threshold), defect_mask(b.defect, threshold)
         between = between + confusion(fb, fa)
         same_decision += bool(fa.any()) == bool(fb.any())
+        if names:
+            ca, cb = class_map(fa, a.classes), class_map(fb, b.classes)
+            per_class = [c + confusion(cb == k + 1, ca == k + 1) for k, c in enumerate(per_class)]
         if has_truth:
             float_truth = float_truth + confusion(fa, record.truth > 0)
             int8_truth = int8_truth + confusion(fb, record.truth > 0)
@@ -97,9 +103,13 @@ def agreement(
         "mask_iou": between.iou(),
         "decision_agreement": same_decision / len(records),
         "max_probability_difference": float(
-            max(np.abs(a - b).max() for a, b in zip(reference, candidate, strict=True))
+            max(np.abs(a.defect - b.defect).max() for a, b in zip(reference, candidate, strict=True))
         ),
     }
+    if names:  # None where neither variant marks the class
+        result["class_iou"] = {
+            n: c.iou() if c.tp + c.fp + c.fn else None for n, c in zip(names, per_class, strict=True)
+        }
     if has_truth:
         result.update(
             {"f1_float": float_truth.f1(), "f1_int8": int8_truth.f1(), "f1_drop": float_truth.f1() - int8_truth.f1()}
@@ -157,7 +167,7 @@ def calibration_sweep(
 ) -> list[dict[str, Any]]:
     """Agreement of static int8 with float32 on the validation split for each observer and calibration count:
     the measurement behind the --calibration and --observer defaults."""
-    float_probs = defect_probabilities(model, [r.stack for r in val_records], config)
+    float_predictions = predict_layers(model, [r.stack for r in val_records], config)
     rows = []
     for observer in ("histogram", "minmax"):
         for count in counts:
@@ -165,9 +175,9 @@ def calibration_sweep(
             started = time.perf_counter()
             int8 = quantize_static(model, calibration_inputs(train_records, config, count), trial)
             seconds = time.perf_counter() - started
-            int8_probs = defect_probabilities(int8, [r.stack for r in val_records], config)
+            int8_predictions = predict_layers(int8, [r.stack for r in val_records], config)
             row = {"observer": observer, "images": count, "calibration_seconds": round(seconds, 1)}
-            rows.append({**row, **agreement(float_probs, int8_probs, val_records, threshold)})
+            rows.append({**row, **agreement(float_predictions, int8_predictions, val_records, threshold)})
             log.info("sweep: %s, %d images: mask IoU %.4f", observer, count, rows[-1]["mask_iou"])
     return rows
 
@@ -222,7 +232,7 @@ def quantize_checkpoint(
             raise RuntimeError("the reloaded int8 model differs from the converted one: refusing to keep it")
 
     records = load_split(data_dir, split, "heuristic")
-    float_probs = defect_probabilities(model, [r.stack for r in records], config)
+    float_predictions = predict_layers(model, [r.stack for r in records], config)
     result = Quantization(
         command=command,
         checkpoint=str(checkpoint),
@@ -235,11 +245,11 @@ def quantize_checkpoint(
         engine_timings_ms=engines,
         calibration_sweep=sweep_rows,
         static_int8=agreement(
-            float_probs, defect_probabilities(int8, [r.stack for r in records], config), records, threshold
+            float_predictions, predict_layers(int8, [r.stack for r in records], config), records, threshold
         ),
         dynamic_int8=agreement(
-            float_probs,
-            defect_probabilities(quantize_dynamic(model), [r.stack for r in records], config),
+            float_predictions,
+            predict_layers(quantize_dynamic(model), [r.stack for r in records], config),
             records,
             threshold,
         ),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from training.inference.classes import class_label
 from training.inference.images import write_atomic
 from training.reports.provenance import produced_by
 
@@ -37,6 +38,25 @@ def _sweep_lines(rows: list[dict[str, Any]]) -> list[str]:
         f"Highest agreement: `{best['observer']}` with {best['images']} layers (fewest layers among equals).",
         "",
     ]
+
+
+def _class_lines(result: Quantization) -> list[str]:
+    """Each class's agreement (IoU of the class's pixels in the two class maps), for a class model."""
+    rows = [(name, getattr(result, key).get("class_iou")) for name, key in VARIANT_ROWS]
+    rows = [(name, ious) for name, ious in rows if ious]
+    if not rows:
+        return []
+    names = list(rows[0][1])
+    lines = [
+        "Per class: IoU of each class's pixels in the int8 and float32 class maps (each pixel of the mask takes its "
+        "most probable class; target >= 0.97; n/a where neither marks the class).",
+        "",
+        "| variant | " + " | ".join(class_label(n) for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for name, ious in rows:
+        lines.append(f"| {name} | " + " | ".join(_cell(ious[n]) for n in names) + " |")
+    return [*lines, ""]
 
 
 def render(result: Quantization) -> str:
@@ -82,6 +102,7 @@ def render(result: Quantization) -> str:
             f"State dicts: fp32 {sizes['fp32'] / 1e6:.2f} MB, int8 {sizes['int8'] / 1e6:.2f} MB "
             f"({sizes['fp32'] / sizes['int8']:.2f}x smaller).",
             "",
+            *_class_lines(result),
             *_sweep_lines(result.calibration_sweep),
         ]
     )

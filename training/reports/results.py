@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.inference.classes import DEFECT_CLASSES
+from training.inference.classes import DEFECT_CLASSES, class_label
 from training.inference.images import write_atomic
 from training.learning.metrics import FOUND_COVERAGE
 from training.reports.figures import display_stack, error_overlay, pyplot, save_png
@@ -99,8 +99,78 @@ def regenerate_commands(results: list[Evaluation], evaluate_command: str) -> lis
     return [c for c in commands if c]
 
 
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def class_section(results: list[Evaluation], confusion_png: str | None = None) -> list[str]:
+    """The class models' scores per class: pixel IoU and recall of each class's own mask, and how often a detected
+    region is given its true class (the confusion matrix, in a figure beside the report)."""
+    scored = [r for r in results if r.classes is not None]
+    if not scored:
+        return []
+    head = " | ".join(class_label(n) for n in DEFECT_CLASSES)
+    lines = [
+        "## Per class (class models)",
+        "",
+        f"A true defect counts as found by its class when the predicted mask of that class covers at least "
+        f"{FOUND_COVERAGE:.0%} of it. A detected region's class is the class holding most of its defect probability "
+        "(as the answer gives it); its true class is the truth class under most of its pixels.",
+        "",
+        f"| model | score | {head} |",
+        "|---|---|" + "---|" * len(DEFECT_CLASSES),
+    ]
+    for r in scored:
+        c = r.classes
+        name = f"trained on {r.label_source}"
+        lines.append(
+            f"| {name} | defect recall of its class | "
+            + " | ".join(_score(c["defect_recall"].get(n)) for n in DEFECT_CLASSES)
+            + " |"
+        )
+        lines.append(
+            f"| {name} | pixel IoU | " + " | ".join(_score(c["pixel_iou"].get(n)) for n in DEFECT_CLASSES) + " |"
+        )
+    lines.append("")
+    for r in scored:
+        c = r.classes
+        right = "n/a" if c["regions_right"] is None else f"{c['regions_right']:.1%}"
+        lines.append(
+            f"Trained on {r.label_source}: {right} of the {c['regions_matched']} detected regions that lie on a true "
+            f"defect are given its class ({c['regions_unmatched']} detected regions lie on none)."
+        )
+    lines.append("")
+    if confusion_png:
+        lines += [f"![component classes]({confusion_png})", ""]
+    return lines
+
+
+def plot_confusion(results: list[Evaluation], path: Path) -> None:
+    """Each class model's matrix of detected regions: true class (rows) by the class the model gave (columns)."""
+    scored = [r for r in results if r.classes is not None]
+    fig, axes = pyplot().subplots(1, len(scored), figsize=(5.2 * len(scored), 4.6), squeeze=False)
+    labels = [class_label(n) for n in DEFECT_CLASSES]
+    for ax, r in zip(axes[0], scored, strict=True):
+        matrix = np.asarray(r.classes["confusion"])
+        ax.imshow(matrix, cmap="Blues")
+        for (i, j), v in np.ndenumerate(matrix):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("class given by the model")
+        ax.set_ylabel("true class")
+        ax.set_title(f"detected regions, trained on {r.label_source}")
+    fig.tight_layout()
+    save_png(fig, path)
+
+
 def render(
-    results: list[Evaluation], baseline: dict[str, Any], commands: list[str], pr_png: str, examples_png: str
+    results: list[Evaluation],
+    baseline: dict[str, Any],
+    commands: list[str],
+    pr_png: str,
+    examples_png: str,
+    confusion_png: str | None = None,
 ) -> str:
     """The Markdown of the report; `baseline` is the heuristic labeller's scores, the figures are named by file."""
     rows = [_row(f"U-Net trained on {r.label_source}", f"{r.threshold:.3f}", r.scores) for r in results] + [
@@ -152,6 +222,7 @@ def render(
             *class_rows,
             "| instances in the test split | " + " | ".join(str(instances[n]) for n in DEFECT_CLASSES) + " |",
             "",
+            *class_section(results, confusion_png),
             "## Training",
             "",
             "| labels | profile | best epoch | train layers | pos_weight | val F1 at 0.5 | threshold rule |",
@@ -169,11 +240,17 @@ def render(
 
 
 def write_report(results: list[Evaluation], baseline: dict[str, Any], report: Path, command: str) -> None:
-    """Write the report to `report` and its figures beside it (`<stem>_pr.png`, `<stem>_examples.png`)."""
+    """Write the report to `report` and its figures beside it (`<stem>_pr.png`, `<stem>_examples.png`, and for
+    class models `<stem>_classes.png`)."""
     report.parent.mkdir(parents=True, exist_ok=True)
     stem = report.with_suffix("")
     pr_png, examples_png = Path(f"{stem}_pr.png"), Path(f"{stem}_examples.png")
     plot_pr(results, pr_png)
     plot_examples(results, examples_png)
-    text = render(results, baseline, regenerate_commands(results, command), pr_png.name, examples_png.name)
+    confusion_png = None
+    if any(r.classes is not None for r in results):
+        confusion_png = Path(f"{stem}_classes.png")
+        plot_confusion(results, confusion_png)
+    text = render(results, baseline, regenerate_commands(results, command), pr_png.name, examples_png.name,
+                  confusion_png.name if confusion_png else None)  # fmt: skip
     write_atomic(report, text.encode())
