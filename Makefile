@@ -33,13 +33,16 @@ DEMO := data/demo
 DEMO_LAYERS ?= 64
 # The azimuths of your printer's three lights, in the order of its images (counter-clockwise from +x, degrees).
 DEMO_LIGHTS ?= 0,120,240
+# Micrometres per pixel of your printer's camera: the served model answers in mm and mm² with it (the synthetic
+# layers draw their own pitches, so the model learns defects at many scales).
+DEMO_PITCH ?= 25
 # The layer sent to the server: a test-split layer with a recoater hopping band, two streaks and spatter.
 DEMO_LAYER_ID ?= layer_00023
 DEMO_LAYER = $(DEMO)/synth/raw/$(DEMO_LAYER_ID)
 demo: setup
 	$(PY) -m training synth --out $(DEMO)/synth --layers $(DEMO_LAYERS) --seed 0 --lights $(DEMO_LIGHTS)
 	$(PY) -m training prepare --raw $(DEMO)/synth/raw --truth $(DEMO)/synth/truth --out $(DEMO)/processed --report-dir $(DEMO)/report
-	$(PY) -m training train --data $(DEMO)/processed --out runs/demo --labels truth --profile quick
+	$(PY) -m training train --data $(DEMO)/processed --out runs/demo --labels truth --profile quick --pitch $(DEMO_PITCH)
 	$(PY) -m training evaluate --checkpoint runs/demo/checkpoint.pt --report runs/demo/results.md
 	$(PY) -m training quantize --checkpoint runs/demo/checkpoint.pt --calibration 16
 	$(PY) -m training archive --checkpoint runs/demo/checkpoint.pt --out model_store

@@ -40,6 +40,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help=f"seconds per request (default: {DEFAULT_TIMEOUT_S:g})")  # fmt: skip
     p.add_argument("--retries", type=int, default=5, help="retries on connection errors and 503/507 (default: 5)")
     p.add_argument("--threshold", type=float, help="decision threshold for these requests (default: the model's)")
+    p.add_argument("--pitch", help="micrometres per pixel of these images, for areas in mm² (default: the model's)")
+    p.add_argument("--ignore-classes", help="defect classes left out of the decision, e.g. spatter,pit")
 
 
 def _ab(p: argparse.ArgumentParser) -> None:
@@ -98,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_client(args: argparse.Namespace) -> DefectClient:
-    return DefectClient(args.url, args.model, args.key, args.key_file, args.timeout, args.retries)
+    options = {"pitch_um": args.pitch, "ignore_classes": args.ignore_classes}
+    return DefectClient(args.url, args.model, args.key, args.key_file, args.timeout, args.retries,
+                        options={k: v for k, v in options.items() if v is not None})  # fmt: skip
 
 
 def make_router(args: argparse.Namespace, client: DefectClient) -> DefectClient | ABClient:

@@ -115,9 +115,12 @@ class DefectClient:
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        options: dict[str, str] | None = None,
     ) -> None:
         """`model`: the model asked when `predict` names none (default: the registry's default variant);
-        `sleep` and `clock` are the backoff's and the latency's (replace both to test without waiting)."""
+        `options`: request options sent with every layer, e.g. {"pitch_um": "25", "ignore_classes": "spatter"}
+        (docs/api.md; the server checks them); `sleep` and `clock` are the backoff's and the latency's (replace
+        both to test without waiting)."""
         if retries < 0 or backoff_s < 0 or timeout <= 0:
             raise ValueError(f"retries and backoff must be >= 0 and timeout > 0; got {retries}, {backoff_s}, {timeout}")
         self.url = url.rstrip("/")
@@ -127,6 +130,7 @@ class DefectClient:
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self.session = session or requests.Session()
         self._sleep, self._clock, self._random = sleep, clock, random.Random(seed)
+        self.options = dict(options or {})
 
     def delay(self, attempt: int) -> float:
         """Backoff before retry `attempt` (1, 2, ...): exponential, capped, with jitter over its upper half."""
@@ -147,7 +151,7 @@ class DefectClient:
             raise ValueError(f"a layer needs three images (one per light), got {len(images)}")
         model = model or self.model
         blobs = [_read(image) for image in images]
-        fields = {"return_mask": "true" if return_mask else "false"}
+        fields = {**self.options, "return_mask": "true" if return_mask else "false"}
         if threshold is not None:
             fields["threshold"] = str(threshold)
         attempt, reloaded, last = 0, False, "no attempt made"
