@@ -280,8 +280,15 @@ def test_the_command_line_predicts_and_reports_ab(torchserve, synthetic, tmp_pat
     common = ["--url", torchserve.urls["inference"], "--key-file", str(torchserve.key_file)]
     angles = [str(p) for p in layer_files(synthetic, 2)]
     out, overlay = tmp_path / "answer.json", tmp_path / "overlay.png"
-    assert client_main(["predict", "--angles", *angles, "--out", str(out), "--overlay", str(overlay), *common]) == 0
-    assert json.loads(out.read_text())["layer_id"] == "layer_00002" and overlay.stat().st_size > 0
+    options = ["--pitch", "20", "--ignore-classes", "spatter"]
+    assert (
+        client_main(["predict", "--angles", *angles, "--out", str(out), "--overlay", str(overlay), *options, *common])
+        == 0
+    )
+    record = json.loads(out.read_text())
+    assert record["layer_id"] == "layer_00002" and overlay.stat().st_size > 0
+    assert record["answer"]["scale"] == {"pitch_um": 20.0, "source": "request", "note": ""}  # the options were sent
+    assert record["answer"]["ignored_classes"] == ["spatter"]
     report = tmp_path / "ab.md"
     code = client_main(["ab-report", "--data", str(synthetic), "--requests", "4", "--report", str(report), *common])
     assert code == 0
