@@ -60,6 +60,11 @@ def test_binary_training_from_truth_and_a_stated_pitch(tiny_prepared, tmp_path):
     assert config.class_names == () and config.out_channels == 1 and config.pitch_um == 30.0
     assert "class_weights" not in config.training
     assert "class_accuracy" not in (tmp_path / "metrics.csv").read_text()
+    tuned = tmp_path / "tuned"  # a binary model fine-tuned on class maps stays binary
+    train(tiny_prepared, tuned, dataclasses.replace(TINY, epochs=1), labels="truth", device_name="cpu",
+          init=tmp_path / "checkpoint.pt")  # fmt: skip
+    config, _, _ = load_checkpoint(tuned / "checkpoint.pt")
+    assert config.class_names == () and "class_weights" not in config.training and config.pitch_um is None
 
 
 def test_resume_continues_where_it_stopped(run_dir, tiny_prepared):

@@ -95,6 +95,9 @@ def setup(data_dir: Path, out_dir: Path, profile: TrainConfig, labels: str, mask
     weights = None
     if init is not None and not resume:
         config, weights = initial_weights(init, config)
+        if not config.class_names:  # a binary starting model stays binary: no class weights to record
+            dropped = ("class_pixels", "class_weights")
+            config = config.replace(training={k: v for k, v in config.training.items() if k not in dropped})
     if not resume:  # the capture statistics the model is trained on, for serving to say when a layer is unlike them
         config = config.replace(input_ranges=statistics_range((r.stack for r in train_records), config))
     model = build_model(config)
