@@ -398,3 +398,13 @@ def test_synth_command_without_randomize_uses_the_numbers_given(tmp_path):
     assert config["randomize"] is False and (config["elevation_deg"], config["pitch_um"]) == (40.0, 20.0)
     for meta in metas:
         assert meta["pitch_um"] == 20.0 and [light["elevation_deg"] for light in meta["lights"]] == [40.0] * 3
+
+
+def test_swelling_at_a_corner_outside_the_layer_is_skipped_not_an_error():
+    """A part cut by the image's edge can have every corner outside the layer (seed 1 of `make results` met one)."""
+    from training.renderer.defects import DEFAULT_SPECS, LayerContext, swelling
+    from training.renderer.surface import Part
+
+    outside = Part("polygon", vertices=((-40.0, -40.0), (-30.0, -40.0), (-30.0, -30.0)))
+    ctx = LayerContext((64, 64), 12.5, 2, [outside], np.zeros((64, 64), bool), lambda: None)
+    assert swelling(np.random.default_rng(0), ctx, DEFAULT_SPECS["swelling"]) == []

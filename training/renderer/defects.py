@@ -163,6 +163,8 @@ def swelling(rng: np.random.Generator, ctx: LayerContext, spec: DefectSpec) -> l
     radius = rng.uniform(*spec.size_um) / ctx.pitch_um
     height = rng.uniform(*spec.height_um)
     sy, sx, dx, dy = _window(ctx.shape, cx, cy, 2.5 * radius)
+    if dx.size == 0:  # the corner lies outside the layer (a part cut by the image's edge)
+        return []
     sigma = radius / math.sqrt(2.0 * math.log(2.0))  # the half-maximum contour sits at `radius`
     bump = np.exp(-(dx**2 + dy**2) / (2.0 * sigma**2))
     inside = cv2.GaussianBlur(ctx.part_mask[sy, sx].astype(np.float32), (0, 0), max(0.5, 0.15 * radius))
