@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from training.inference.answer import MASK_FORMATS, UNKNOWN_SCALE, ErrorAnswer, Scale
+from training.inference.answer import BINARY_MASK, CLASS_MAP, MASK_FORMATS, UNKNOWN_SCALE, ErrorAnswer, Scale
 from training.inference.classes import check_class_names
 from training.inference.config import ModelConfig, check_pitch, image_field
 from training.inference.layer import LIGHTS, LayerError
@@ -29,8 +29,7 @@ REASONS: dict[str, str] = {
     "unexpected_field": "a field or JSON key the API does not know",
     "invalid_json": "the body is neither multipart nor the documented JSON object",
     "invalid_base64": "an image in a JSON body is not a base64 string",
-    "invalid_option": "an option (threshold, return_mask, mask_format, ignore_classes, pitch_um) has a value outside "
-    "what is accepted",
+    "invalid_option": f"an option ({', '.join(OPTION_FIELDS)}) has a value outside what is accepted",
     **LAYER_REASONS,
 }
 
@@ -154,7 +153,7 @@ class Options:
 
     threshold: float
     return_mask: bool = True
-    mask_format: str = "binary"
+    mask_format: str = BINARY_MASK
     ignore_classes: tuple[str, ...] = ()
     scale: Scale = UNKNOWN_SCALE
 
@@ -169,13 +168,13 @@ def request_options(options: dict[str, Any], config: ModelConfig) -> Options:
     except ValueError as err:
         raise BadRequest(str(err), "invalid_option") from err
     return_mask = flag(options["return_mask"], "return_mask") if "return_mask" in options else True
-    mask_format = _text(options.get("mask_format", "binary")).strip()
+    mask_format = _text(options.get("mask_format", BINARY_MASK)).strip()
     if mask_format not in MASK_FORMATS:
         raise BadRequest(
             f"mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format[:40]!r}", "invalid_option"
         )
     names = _class_list(options.get("ignore_classes", ()))
-    if (names or mask_format == "classes") and not config.class_names:
+    if (names or mask_format == CLASS_MAP) and not config.class_names:
         field = "ignore_classes" if names else "mask_format classes"
         raise BadRequest(
             f"{field} needs a model with defect classes; this model answers without them", "invalid_option"

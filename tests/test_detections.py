@@ -183,3 +183,12 @@ def test_class_options_need_a_class_model():
         detect(probabilities(), 0.5, ignore_classes=("spatter",))
     with pytest.raises(ValueError, match="needs a class model"):
         detect(probabilities(), 0.5, mask_format="classes")
+
+
+def test_a_class_map_never_shows_an_ignored_class():
+    prediction = class_prediction()
+    prediction.classes[4, 3, 4], prediction.classes[0, 3, 4] = 0.9, 0.05  # one spatter pixel on the streak
+    shown = detect(prediction, 0.5, ignore_classes=("spatter",), mask_format="classes")
+    data = cv2.imdecode(np.frombuffer(base64.b64decode(shown.mask.data), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert data[3, 4] == 1 and 5 not in np.unique(data)  # the streak region's pixel takes its best counted class
+    assert detect(prediction, 0.5, mask_format="classes").mask.data != shown.mask.data  # unignored, it shows

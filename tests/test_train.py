@@ -91,6 +91,12 @@ def test_fine_tuning_starts_from_the_model_and_keeps_its_input_and_network(tiny_
     # a class model learning from labels without classes keeps its classes, taught by its starting weights
     assert config.class_names == start.class_names == DEFECT_CLASSES
     assert config.training["classes_kept_by"] == "distillation from --init"
+    # resumed without --init (and other network options): the run's own network, and its teacher again
+    train(tiny_prepared, tmp_path, dataclasses.replace(TINY, epochs=2, lr=1e-12), labels="heuristic",
+          device_name="cpu", resume=True)  # fmt: skip
+    resumed, _, _ = load_checkpoint(tmp_path / "last.pt")
+    assert (resumed.representation, resumed.decoder_channels) == (start.representation, start.decoder_channels)
+    assert resumed.training["classes_kept_by"] == "distillation from --init"
 
 
 def test_fine_tuning_refuses_a_model_for_other_lights(tmp_path):

@@ -35,7 +35,7 @@ def test_a_served_config_replaces_the_stored_one_and_must_fit_the_weights(tiny_v
     served, _ = load_variant(tmp_path / "model_fp32.pt", stored.replace(threshold=0.3))
     assert stored.threshold is None and served.threshold == 0.3
     with pytest.raises(RuntimeError, match="size mismatch"):
-        load_variant(tmp_path / "model_fp32.pt", stored.replace(class_names=("spatter",)))
+        load_variant(tmp_path / "model_fp32.pt", stored.replace(class_names=()))
     with pytest.raises(FileNotFoundError):
         load_variant(tmp_path / "missing.pt")
 

@@ -21,6 +21,7 @@ BBOX = "[x, y, width, height] in pixels; x to the right, y down, from the top-le
 BBOX_MM = "the box in millimetres on the bed ([x, y, width, height] times the pitch); null when the pitch is unknown"
 AREA_MM2 = "square millimetres on the bed; null when the pitch is unknown"
 MASK_FORMATS = ("binary", "classes")
+BINARY_MASK, CLASS_MAP = MASK_FORMATS  # 255 = defect; or each defect pixel's class id
 PITCH_SOURCES = ("request", "model")
 
 
@@ -86,7 +87,7 @@ class MaskImage:
     data: str = _info("8-bit PNG the size of the input images: binary, 255 = defect, 0 = clean; classes, 0 = clean "
                       "and k = the model's class k (1-based, the order of class_summary)",
                       contentEncoding="base64", contentMediaType="image/png")  # fmt: skip
-    kind: str = _info("binary, or classes (the request's mask_format)", MASK_FORMATS[0], enum=list(MASK_FORMATS))
+    kind: str = _info("binary, or classes (the request's mask_format)", BINARY_MASK, enum=list(MASK_FORMATS))
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,8 @@ class Detection:
     defect: bool = _info(
         "true when the mask holds a region: pixels at or above the threshold, of which one at least reaches even odds"
     )
-    max_confidence: float = _info("highest defect probability in the layer", minimum=0, maximum=1)
+    max_confidence: float = _info("highest defect probability in the layer (regions of ignored classes included)",
+                                  minimum=0, maximum=1)  # fmt: skip
     threshold: float = _info("decision threshold used: the request's, else the model's",
                              exclusiveMinimum=0, exclusiveMaximum=1)  # fmt: skip
     defect_area_px: int = _info("defect pixels", minimum=0)

@@ -2,7 +2,8 @@
 
 The six classes of the Peregrine taxonomy that the generator draws (`training/renderer/defects.py` says how each
 changes the surface). A class map (the generator's truth, a class model's output mask) holds 0 where there is no
-defect and `CLASS_IDS[name]` where there is one. The answer, the page, the client's CSV and the metrics name classes
+defect and `CLASS_IDS[name]` where there is one; a class model names these classes in this order
+(`ModelConfig.class_names`), so its output k + 1 is the class with id k + 1. The answer, the page, the client's CSV and the metrics name classes
 by these strings.
 
 Standard library only: the factory client and the page server read these names without numpy or torch.

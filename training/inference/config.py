@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from training.inference import serialize
-from training.inference.classes import check_class_names
+from training.inference.classes import DEFECT_CLASSES
 
 ENCODERS = ("mobilenet_v2",)
 # What the model sees (see `preprocess`), with the number of input channels of each.
@@ -73,7 +73,11 @@ class ModelConfig:
             raise ValueError(f"background sigma must be at least 4 pixels, got {self.background_sigma_px}")
         if len(self.decoder_channels) != 5 or min(self.decoder_channels) < 1:
             raise ValueError(f"decoder channels need 5 positive widths, deepest first, got {self.decoder_channels}")
-        check_class_names(self.class_names, what="ModelConfig class")
+        if self.class_names not in ((), DEFECT_CLASSES):  # a class map's id k + 1 is class_names[k] = DEFECT_CLASSES[k]
+            raise ValueError(
+                f"class_names must be empty (a binary model) or the defect classes in their order "
+                f"({', '.join(DEFECT_CLASSES)}), got {self.class_names}"
+            )
         if self.pitch_um is not None:
             check_pitch(self.pitch_um, "ModelConfig pitch_um")
         if self.tile_size % self.size_multiple:
@@ -85,7 +89,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Rebuild from `to_dict()` output; fields left out keep their defaults, unknown ones are refused."""
+        """Rebuild from `to_dict()` output; fields left out keep their defaults, unknown ones are refused. A config
+        written before models had classes carries `classes: 1` (one output): that is a binary model."""
+        if "classes" in data:
+            if data["classes"] != 1:
+                raise ValueError(f"a ModelConfig with classes={data['classes']!r} predates class names: train it again")
+            data = {k: v for k, v in data.items() if k != "classes"}
         return serialize.from_dict(cls, data, what="ModelConfig field")
 
     def replace(self, **changes: Any) -> ModelConfig:

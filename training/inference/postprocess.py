@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 
 from training.inference.answer import (
+    BINARY_MASK,
+    CLASS_MAP,
     MASK_FORMATS,
     UNKNOWN_SCALE,
     ClassSummary,
@@ -131,8 +133,12 @@ def class_of_regions(mask: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray,
     return best[labels], labels
 
 
-def class_map(mask: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """(H, W) uint8: 0 outside the mask, else 1 + the pixel's most probable defect class (the class-map mask)."""
+def class_map(mask: np.ndarray, classes: np.ndarray, left_out: tuple[int, ...] = ()) -> np.ndarray:
+    """(H, W) uint8: 0 outside the mask, else 1 + the pixel's most probable defect class among those not `left_out`
+    (class indices a request ignores: a counted region never shows an ignored class's id)."""
+    if left_out:
+        classes = classes.copy()
+        classes[list(left_out)] = -1.0
     return np.where(mask, classes.argmax(axis=0) + 1, 0).astype(np.uint8)
 
 
@@ -152,13 +158,13 @@ def union_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
 
 
-def mask_png(mask: np.ndarray, classes: np.ndarray | None = None) -> MaskImage:
+def mask_png(mask: np.ndarray, classes: np.ndarray | None = None, left_out: tuple[int, ...] = ()) -> MaskImage:
     """The mask as an 8-bit PNG, base64-encoded for JSON: 0 = clean, 255 = defect; or, given a class model's
-    (K, H, W) `classes`, the class map (0 = clean, k = class k of the model, 1-based)."""
+    (K, H, W) `classes`, the class map (0 = clean, k = class k of the model, 1-based; never a `left_out` class)."""
     h, w = mask.shape
-    pixels = mask.astype(np.uint8) * 255 if classes is None else class_map(mask, classes)
+    pixels = mask.astype(np.uint8) * 255 if classes is None else class_map(mask, classes, left_out)
     data = base64.b64encode(encode_png(pixels)).decode("ascii")
-    return MaskImage("png", "base64", w, h, data, "binary" if classes is None else "classes")
+    return MaskImage("png", "base64", w, h, data, BINARY_MASK if classes is None else CLASS_MAP)
 
 
 def detect(
@@ -168,7 +174,7 @@ def detect(
     max_components: int | None = None,
     scale: Scale = UNKNOWN_SCALE,
     ignore_classes: tuple[str, ...] = (),
-    mask_format: str = "binary",
+    mask_format: str = BINARY_MASK,
 ) -> Detection:
     """What one layer's prediction (or (H, W) defect probabilities) says at a threshold: decision, confidence,
     area, union box, components (the `max_components` largest; `components_total` counts them all), per-class
@@ -181,14 +187,15 @@ def detect(
         raise ValueError("ignore_classes needs a class model; this model answers without classes")
     if mask_format not in MASK_FORMATS:
         raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
-    if mask_format == "classes" and classes is None:
+    if mask_format == CLASS_MAP and classes is None:
         raise ValueError("mask_format classes needs a class model; this model answers without classes")
     mask = defect_mask(probabilities, threshold)
     summary: tuple[ClassSummary, ...] = ()
     mm = scale.mm_per_px
+    left_out = tuple(class_names.index(n) for n in ignore_classes)
     if classes is not None:
         region_class, labels = class_of_regions(mask, classes)
-        ignored = np.isin(region_class, [class_names.index(n) for n in ignore_classes])
+        ignored = np.isin(region_class, left_out)
         summary = tuple(
             ClassSummary(
                 name,
@@ -212,7 +219,7 @@ def detect(
         bbox=bbox,
         components=tuple(found),
         components_total=total,
-        mask=(mask_png(mask, classes if mask_format == "classes" else None) if return_mask else None),
+        mask=(mask_png(mask, classes if mask_format == CLASS_MAP else None, left_out) if return_mask else None),
         classes_available=classes is not None,
         class_summary=summary,
         ignored_classes=tuple(ignore_classes),

@@ -36,7 +36,7 @@ def model_input(stack: np.ndarray, config: ModelConfig) -> tuple[torch.Tensor, t
 @torch.inference_mode()
 def predict_probabilities(
     model: nn.Module, stack: np.ndarray, config: ModelConfig, device: str | torch.device = "cpu"
-) -> np.ndarray:
+) -> Prediction:
     """(H, W, 3) uint8/uint16 stack -> the model's Prediction for it, whole (no tiles)."""
     x, (h, w) = model_input(stack, config)
     logits = model(x.to(device))  # (1, out_channels, H', W')

@@ -45,6 +45,14 @@ class RunState:
         return False
 
 
+def started_config(out_dir: Path) -> ModelConfig:
+    """The ModelConfig a run started with, from its last.pt (what --resume rebuilds the model from)."""
+    last = Path(out_dir) / "last.pt"
+    if not last.exists():
+        raise FileNotFoundError(f"--resume: {last} not found")
+    return ModelConfig.from_dict(torch.load(last, map_location="cpu", weights_only=True)["model_config"])
+
+
 def load_last(
     out_dir: Path,
     model: torch.nn.Module,

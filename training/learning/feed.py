@@ -70,7 +70,12 @@ def model_pitch(records: list[LayerRecord], given: float | None) -> float | None
     if len(pitches) == 1:
         return pitches.pop()
     known = sorted(p for p in pitches if p is not None)
-    what = f"pitches {known[0]:g}-{known[-1]:g} um" if len(known) > 1 else "no recorded pitch"
+    if not known:
+        what = "no recorded pitch"
+    elif None in pitches:
+        what = f"a pitch on some ({known[0]:g}-{known[-1]:g} um) and none on others"
+    else:
+        what = f"pitches {known[0]:g}-{known[-1]:g} um"
     log.info("the training layers have %s: the model records no pitch (answers give no millimetres unless a "
              "request states its pitch); give the camera's with `train --pitch UM`", what)  # fmt: skip
     return None

@@ -27,9 +27,17 @@ from tqdm import tqdm
 
 from training.inference.config import ModelConfig
 from training.inference.familiarity import statistics_range
-from training.inference.model import build_model, load_pretrained_encoder
+from training.inference.model import build_model, load_checkpoint, load_pretrained_encoder
 from training.learning.averaging import WeightAverage
-from training.learning.checkpoints import RunState, initial_weights, load_last, save_best, save_last, write_args
+from training.learning.checkpoints import (
+    RunState,
+    initial_weights,
+    load_last,
+    save_best,
+    save_last,
+    started_config,
+    write_args,
+)
 from training.learning.dataset import LayerRecord
 from training.learning.devices import Processes, finish, resolve_device, shared_elapsed, shared_flag, start
 from training.learning.feed import Feed, initial_config, load_records
@@ -92,8 +100,12 @@ def setup(data_dir: Path, out_dir: Path, profile: TrainConfig, labels: str, mask
     config, density, weight = initial_config(
         data_dir, train_records, val_records, labels, profile, seed, pos_weight, pretrained, classes, pitch_um
     )
-    weights = None
-    if init is not None and not resume:
+    weights = teacher_weights = None
+    if resume:  # the run's own config, as it started: a fine-tuned run's network is its starting model's
+        config = started_config(out_dir)
+        if config.training.get("classes_kept_by"):
+            teacher_weights = load_checkpoint(Path(config.training["init"]))[1].state_dict()
+    elif init is not None:
         config, weights = initial_weights(init, config)
         if not config.class_names:  # a binary starting model stays binary: no class weights to record
             dropped = ("class_pixels", "class_weights")
@@ -103,15 +115,17 @@ def setup(data_dir: Path, out_dir: Path, profile: TrainConfig, labels: str, mask
     model = build_model(config)
     class_targets = bool(config.class_names) and labels == "truth" and classes
     class_weights = torch.tensor(config.training["class_weights"]) if class_targets else None
-    teacher = None
     if weights is not None:
         model.load_state_dict(weights)
         if config.class_names and not class_targets:  # keep what the starting model knows of classes
-            teacher = build_model(config)
-            teacher.load_state_dict(weights)
-            teacher.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
+            teacher_weights = weights
             config = config.replace(training={**config.training, "classes_kept_by": "distillation from --init"})
-    elif pretrained:
+    teacher = None
+    if teacher_weights is not None:
+        teacher = build_model(config)
+        teacher.load_state_dict(teacher_weights)
+        teacher.to(device, memory_format=torch.channels_last).eval().requires_grad_(False)
+    if weights is None and not resume and pretrained:
         loaded = load_pretrained_encoder(model, config.encoder)
         config = config.replace(training={**config.training, "pretrained": loaded})
     model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPUs (measured: steps of 160² crops)

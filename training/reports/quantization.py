@@ -13,6 +13,7 @@ from training.reports.provenance import produced_by
 if TYPE_CHECKING:  # typing only: rendering needs no torch
     from training.learning.quantize import Quantization
 
+AGREEMENT_TARGET = 0.97  # mask IoU of int8 with float32, overall and per class
 VARIANT_ROWS = (("static int8 (FX, calibrated)", "static_int8"), ("dynamic int8 (prototype)", "dynamic_int8"))
 
 
@@ -49,7 +50,7 @@ def _class_lines(result: Quantization) -> list[str]:
     names = list(rows[0][1])
     lines = [
         "Per class: IoU of each class's pixels in the int8 and float32 class maps (each pixel of the mask takes its "
-        "most probable class; target >= 0.97; n/a where neither marks the class).",
+        f"most probable class; target >= {AGREEMENT_TARGET}; n/a where neither marks the class).",
         "",
         "| variant | " + " | ".join(class_label(n) for n in names) + " |",
         "|---|" + "---|" * len(names),
@@ -91,7 +92,7 @@ def render(result: Quantization) -> str:
             f"Checkpoint `{result.checkpoint}`; {result.layers} layers of the {result.split} split at the "
             f"model's threshold {result.threshold:.3f}. Static int8: engine `{settings.engine}` ({engine_note}), "
             f"observer `{settings.observer}`, {settings.calibration_images} calibration layers, kept in float: "
-            f"{', '.join(settings.float_modules) or 'nothing'}. Targets: mask IoU with float32 >= 0.97, F1 drop "
+            f"{', '.join(settings.float_modules) or 'nothing'}. Targets: mask IoU with float32 >= {AGREEMENT_TARGET}, F1 drop "
             "<= 0.01.",
             "",
             "| variant | mask IoU with fp32 | decision agreement | F1 fp32 vs truth | F1 int8 vs truth | F1 drop | "
