@@ -131,7 +131,8 @@ function overlayLabel(answer, config) {
   }
   const listed = Object.entries(counts).map(([label, n]) => `${n} ${label}`).join(", ");
   const regions = answer.components_total;
-  return `The layer with ${regions} defect region${regions === 1 ? "" : "s"} outlined in magenta, each boxed in its class colour: ${listed}`;
+  const outlined = `The layer with ${regions} defect region${regions === 1 ? "" : "s"} outlined in magenta`;
+  return answer.classes_available ? `${outlined}, each boxed in its class colour: ${listed}` : `${outlined}, each boxed`;
 }
 
 function fillLegend(panel, answer, config) {
