@@ -123,7 +123,7 @@ def test_checkpoint_config_written_by_the_old_code_loads_identically():
     assert ModelConfig.from_dict({**old, "classes": 1}).class_names == ()  # before class names: one output, binary
     with pytest.raises(ValueError, match="predates class names: train it again"):
         ModelConfig.from_dict({**old, "classes": 7})
-    with pytest.raises(ValueError, match="class_names must be empty .* or the defect classes in their order"):
+    with pytest.raises(ValueError, match=r"class_names must be empty .* or the defect classes in their order"):
         ModelConfig(class_names=("spatter", "pit"))
     synth = SynthConfig(size=64).only_classes(("spatter",))
     assert SynthConfig.from_json(_json(dataclasses.asdict(synth))) == synth
