@@ -124,13 +124,13 @@ def components(
 
 
 def class_of_regions(mask: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each 8-connected region's class index (the defect class with most of its probability) as an (H, W) map
-    (-1 outside the mask), and its labels (H, W)."""
+    """The 8-connected regions' labels (H, W) and each label's class index (the defect class with most of its
+    probability; -1 for label 0, outside the mask): `best[labels]` is the (H, W) map of region classes."""
     count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
     best = np.full(count, -1, dtype=np.int64)
     if count > 1:
         best[1:] = class_masses(labels, count, mask, classes)[1:].argmax(axis=1)
-    return best[labels], labels
+    return labels, best
 
 
 def class_map(mask: np.ndarray, classes: np.ndarray, left_out: tuple[int, ...] = ()) -> np.ndarray:
@@ -194,17 +194,16 @@ def detect(
     mm = scale.mm_per_px
     left_out = tuple(class_names.index(n) for n in ignore_classes)
     if classes is not None:
-        region_class, labels = class_of_regions(mask, classes)
-        ignored = np.isin(region_class, left_out)
+        labels, best = class_of_regions(mask, classes)
+        k = len(class_names)
+        regions = np.bincount(best[1:], minlength=k)  # each region counted once, in its class
+        pixels = np.bincount(best[labels[mask]], minlength=k)
+        ignored = np.isin(best, left_out)[labels]
         summary = tuple(
             ClassSummary(
-                name,
-                int(np.unique(labels[region_class == k]).size),
-                int(np.count_nonzero(region_class == k)),
-                area_mm2(int(np.count_nonzero(region_class == k)), mm),
-                name not in ignore_classes,
+                name, int(regions[c]), int(pixels[c]), area_mm2(int(pixels[c]), mm), name not in ignore_classes
             )
-            for k, name in enumerate(class_names)
+            for c, name in enumerate(class_names)
         )
         mask &= ~ignored
     found, total = components(mask, probabilities, max_components, classes, class_names, mm)

@@ -234,7 +234,10 @@ def evaluate_checkpoint(
     classes = None
     if config.class_names and any(r.truth is not None for r in test):
         maps = [class_map(m, p.classes) for m, p in zip(predicted, predictions, strict=True)]
-        regions = [class_of_regions(m, p.classes)[0] for m, p in zip(predicted, predictions, strict=True)]
+        regions = [
+            best[labels]
+            for labels, best in (class_of_regions(m, p.classes) for m, p in zip(predicted, predictions, strict=True))
+        ]
         classes = class_scores(predicted, maps, regions, test, config.class_names)
     return Evaluation(
         checkpoint=Path(path),
