@@ -2,8 +2,8 @@
 
 Rows: float eager; float channels_last; float traced and frozen (TorchScript); dynamic int8; static int8 (FX);
 static int8 traced and frozen; ONNX Runtime float and static int8 (QDQ), the peer a user would pick instead.
-Warm-up first, then the median and p90 of the repeats. Also model file sizes and one full layer through tiled
-inference. Ratios are what to quote: absolute times depend on the machine and on what else runs on it.
+Warm-up first, then the median and p90 of the repeats. Also model file sizes, one full layer through tiled
+inference, and the served path of one tile-sized layer with the class head beside a binary head (`served_heads`). Ratios are what to quote: absolute times depend on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from handler.settings import ServingConfig
 from training.inference import serialize
+from training.inference.classes import DEFECT_CLASSES
 from training.inference.config import ModelConfig
+from training.inference.familiarity import assess
 from training.inference.images import write_json
-from training.inference.model import load_checkpoint, state_digest
+from training.inference.loaders import ChannelsLast
+from training.inference.model import build_model, load_checkpoint, state_digest
+from training.inference.postprocess import Prediction, detect
 from training.inference.quantization import QuantizationConfig, freeze, load_int8, quantize_dynamic, quantize_static
 from training.inference.tiling import predict_tiled
 from training.learning.dataset import load_split
@@ -48,6 +53,7 @@ class Benchmark:
     sizes_bytes: dict[str, int]  # model file -> bytes
     tiled_layer: dict[str, Any]  # size, tile, threads, and ms per variant of one full layer
     gmac_512: float  # convolution GMAC of one 512 x 512 frame
+    heads: list[dict[str, Any]] = field(default_factory=list)  # `served_heads` rows; [] before them
 
     def to_dict(self) -> dict[str, Any]:
         return serialize.to_dict(self)
@@ -115,7 +121,31 @@ def measure(run: Callable[[], Any], repeat: int, max_seconds: float) -> dict[str
         t0 = time.perf_counter()
         run()
         times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
+    return _summary(times)
+
+
+def measure_alternating(
+    runs: dict[str, Callable[[], Any]], repeat: int, max_seconds: float
+) -> dict[str, dict[str, float]]:
+    """`measure` for several runs compared with each other: they take turns, one call each per round, so that
+    whatever else the machine does slows them alike."""
+    for run in runs.values():
+        run()
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    started = time.perf_counter()
+    rounds = 0
+    while rounds < repeat and (rounds < 3 or time.perf_counter() - started < max_seconds * len(runs)):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    return {name: _summary(t) for name, t in times.items()}
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    times = sorted(times)
     return {
         "median_ms": statistics.median(times),
         "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
@@ -155,8 +185,8 @@ def _ort_session(path: Path, threads: int):
 
 
 def _int8_model(checkpoint: Path, model: torch.nn.Module, records: list, config: ModelConfig, count: int):
-    """The int8 model `quantize` made from this very checkpoint (model_int8.pt beside it), or a fresh one; and the
-    calibration inputs used, so that ONNX Runtime is calibrated on the same layers."""
+    """The int8 model `quantize` made from this very checkpoint (model_int8.pt beside it), or a fresh one; the
+    calibration inputs used, so that ONNX Runtime is calibrated on the same layers; and the settings."""
     saved = Path(checkpoint).parent / "model_int8.pt"
     if saved.exists():
         payload = torch.load(saved, weights_only=True)
@@ -165,11 +195,13 @@ def _int8_model(checkpoint: Path, model: torch.nn.Module, records: list, config:
             images = int8_config.quantization["calibration"]["images"]
             calibration = calibration_inputs(records, config, images)
             log.info("using %s (calibrated on %d layers; ONNX Runtime gets the same layers)", saved, images)
-            return load_int8(int8_config, payload["state_dict"]), calibration
+            settings = QuantizationConfig.from_dict(int8_config.quantization["settings"])
+            return load_int8(int8_config, payload["state_dict"]), calibration, settings
         log.warning("%s was made from other weights than %s: quantizing afresh", saved, checkpoint)
     calibration = calibration_inputs(records, config, count)
     log.info("quantizing with default settings on %d calibration layers", len(calibration))
-    return quantize_static(model, calibration, QuantizationConfig(calibration_images=count)), calibration
+    settings = QuantizationConfig(calibration_images=count)
+    return quantize_static(model, calibration, settings), calibration, settings
 
 
 def bench(
@@ -185,7 +217,7 @@ def bench(
 ) -> Benchmark:
     config, model, _ = load_checkpoint(checkpoint)
     records = load_split(Path(config.training.get("data", "")), "train", "heuristic")
-    int8, calib = _int8_model(checkpoint, model, records, config, calibration)
+    int8, calib, settings = _int8_model(checkpoint, model, records, config, calibration)
     dynamic = quantize_dynamic(model)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     onnx_fp32, onnx_int8 = _onnx_models(model, calib, work)
@@ -247,7 +279,74 @@ def bench(
         tiled[name] = (time.perf_counter() - t0) * 1e3
     macs = conv_macs(model, 512)
     tiled_layer = {"size": layer_size, "tile": config.tile_size, "threads": max(threads), "ms": tiled}
-    return Benchmark(command, str(checkpoint), cpu_description(), rows, sizes_bytes, tiled_layer, macs / 1e9)
+    heads = served_heads(config, model, records[0].stack, calib, settings, repeat, max_seconds)
+    return Benchmark(command, str(checkpoint), cpu_description(), rows, sizes_bytes, tiled_layer, macs / 1e9, heads)
+
+
+def head_configs(config: ModelConfig) -> dict[str, ModelConfig]:
+    """The checkpoint's network with the six-class head and with a binary head (one of them is its own)."""
+    return {"class": config.replace(class_names=DEFECT_CLASSES), "binary": config.replace(class_names=())}
+
+
+def _with_head(model: torch.nn.Module, config: ModelConfig) -> torch.nn.Module:
+    """A network for `config` holding `model`'s weights wherever the shapes agree (all but a changed head)."""
+    net = build_model(config)
+    own = net.state_dict()
+    net.load_state_dict({k: v for k, v in model.state_dict().items() if k in own and own[k].shape == v.shape},
+                        strict=False)  # fmt: skip
+    return net.eval()
+
+
+def served_heads(
+    config: ModelConfig,
+    model: torch.nn.Module,
+    stack: np.ndarray,
+    calibration: list[torch.Tensor],
+    settings: QuantizationConfig,
+    repeat: int,
+    max_seconds: float,
+) -> list[dict[str, Any]]:
+    """What classes cost where it counts, the served path of one layer of the serving tile size: the network with
+    the class head beside the same network with a binary head, as each variant serves it (float32 channels_last,
+    int8 static and frozen with the int8 variant's settings), then `detect` and the familiarity check. Both heads' `detect` reads the same defect
+    probability (the checkpoint's), the class head's also its class shares, so they describe the same regions and
+    the difference is the head's. The two heads run in turn, repeat after repeat, so a shared machine slows both
+    alike."""
+    side = config.tile_size
+    stack = np.ascontiguousarray(stack[:side, :side])
+    threshold = config.threshold if config.threshold is not None else 0.5
+    serving = ServingConfig()
+    configs = head_configs(config)
+    nets = {head: _with_head(model, cfg) for head, cfg in configs.items()}
+    reference = predict_tiled(model, stack, config).defect
+    own = predict_tiled(nets["class"], stack, configs["class"])
+    shares = own.classes / np.maximum(own.defect, np.float32(1e-6))
+    predictions = {
+        "class": Prediction(reference, (shares * reference).astype(np.float32), configs["class"].class_names),
+        "binary": Prediction(reference),
+    }
+    example = calibration[0][..., :side, :side]
+    served = {
+        "fp32 channels_last": {head: ChannelsLast(net) for head, net in nets.items()},
+        "static int8 FX frozen": {
+            head: freeze(quantize_static(net, calibration, settings), example) for head, net in nets.items()
+        },
+    }
+
+    def path(head: str, net: torch.nn.Module) -> None:
+        predict_tiled(net, stack, configs[head], serving.tile_overlap, serving.tile_batch)
+        detection = detect(predictions[head], threshold, True, serving.max_components)
+        assess(stack, configs[head], detection.flagged_px / reference.size)
+
+    rows = []
+    for variant, heads in served.items():
+        timings = measure_alternating({head: partial(path, head, net) for head, net in heads.items()}, repeat,
+                                      max_seconds)  # fmt: skip
+        for head, timing in timings.items():
+            rows.append({"variant": variant, "head": head, "size": side, "threads": torch.get_num_threads(), **timing})
+            log.info("served path %-22s %-6s head %4d px: %8.1f ms (p90 %.1f)", variant, head, side,
+                     timing["median_ms"], timing["p90_ms"])  # fmt: skip
+    return rows
 
 
 def save_json(result: Benchmark, path: Path) -> None:

@@ -3,7 +3,7 @@ import shutil
 import subprocess
 import sys
 
-from bench.model import conv_macs, measure
+from bench.model import conv_macs, head_configs, measure, measure_alternating
 from training.inference.config import ModelConfig
 from training.inference.model import build_model
 
@@ -13,6 +13,19 @@ def test_conv_macs_of_the_unet_at_512():
 
     assert 13.3e9 < conv_macs(build_model(ModelConfig(decoder_channels=SMP_DECODER)), 512) < 13.5e9  # the prototype's
     assert 3.6e9 < conv_macs(build_model(ModelConfig()), 512) < 3.8e9  # ours: the figure config.py states
+
+
+def test_alternating_runs_take_turns():
+    order = []
+    timings = measure_alternating({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 4, 10)
+    assert order == ["a", "a", "b", "b"] + ["a", "b"] * 4  # two warm-up calls each, then one each per round
+    assert {n: t["runs"] for n, t in timings.items()} == {"a": 4, "b": 4}
+
+
+def test_head_configs_differ_only_in_the_head():
+    configs = head_configs(ModelConfig())
+    assert [c.out_channels for c in configs.values()] == [7, 1]
+    assert configs["class"].replace(class_names=()) == configs["binary"]
 
 
 def test_measure_reports_median_and_p90():
@@ -36,8 +49,12 @@ def test_bench_command_writes_the_report(tiny_run, tmp_path, repo_root):
     raw = json.loads((tmp_path / "bench.json").read_text())
     variants = {r["variant"] for r in raw["rows"]}
     assert {"fp32 eager", "static int8 FX frozen", "ONNX Runtime int8 (QDQ)", "dynamic int8 (prototype)"} <= variants
+    heads = {(r["variant"], r["head"]) for r in raw["heads"]}
+    assert heads == {(v, h) for v in ("fp32 channels_last", "static int8 FX frozen") for h in ("class", "binary")}
+    assert all(r["runs"] == 3 and 0 < r["median_ms"] <= r["p90_ms"] for r in raw["heads"])
     text = report.read_text()
     assert "python -m bench model" in text and "| static int8 FX frozen |" in text
+    assert "class head vs binary head" in text and "| fp32 channels_last | " in text
     assert (tmp_path / "bench.png").stat().st_size > 1000
     # the report again from the raw figures alone, through the old command line, which forwards to bench model
     report.unlink()

@@ -107,6 +107,32 @@ def _latency_table(rows: list[dict[str, Any]]) -> list[str]:
     return table
 
 
+def _heads_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The served path with the class head beside the binary head, per served variant; nothing for a run that
+    predates it."""
+    if not rows:
+        return []
+    by = {(r["variant"], r["head"]): r for r in rows}
+    first = rows[0]
+    lines = [
+        f"## What classes cost: the served path at {first['size']}², class head vs binary head ({first['threads']} threads)",
+        "",
+        "One layer through what the handler runs after decoding (tiled inference, `detect`, the familiarity check), "
+        "with this network's six-class head and with a binary head; both `detect` calls read the same defect "
+        "probability, so they describe the same regions. The heads take turns, round after round.",
+        "",
+        "| served variant | class head ms (p90) | binary head ms (p90) | class / binary | rounds |",
+        "|---|---|---|---|---|",
+    ]
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        c, b = by[(variant, "class")], by[(variant, "binary")]
+        lines.append(
+            f"| {variant} | {c['median_ms']:.1f} ({c['p90_ms']:.1f}) | {b['median_ms']:.1f} ({b['p90_ms']:.1f}) | "
+            f"{c['median_ms'] / b['median_ms']:.3f} | {c['runs']} |"
+        )
+    return [*lines, ""]
+
+
 def render(result: Benchmark, figure: str) -> str:
     """The Markdown of the report, which shows the figure named `figure` (a file beside it)."""
     threads, ref = _reference(result)
@@ -147,6 +173,7 @@ def render(result: Benchmark, figure: str) -> str:
             "",
             *[f"- {name}: {ms:.0f} ms" for name, ms in tiled["ms"].items()],
             "",
+            *_heads_section(result.heads),
             f"![latency]({figure})",
             "",
         ]
