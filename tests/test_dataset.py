@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from training.inference.config import ModelConfig
-from training.learning.augment import InputJitter, LightSymmetry, training_transform
+from training.learning.augment import ClassBalancedCrop, InputJitter, LightSymmetry, training_transform
 from training.learning.dataset import TrainingCrops, load_split
 
 
@@ -47,6 +47,23 @@ def test_training_crops_are_normalised_tensors_with_masks(tiny_prepared):
     item = crops[0]
     assert item["image"].shape == (config.in_channels, 32, 32) and item["image"].dtype == torch.float32
     assert item["mask"].shape == (1, 32, 32) and set(item["mask"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_defect_crops_draw_each_class_alike():
+    """A one-pixel pit beside a large streak: pixel-drawn crops would almost never hold the pit; class-drawn ones
+    hold it about half the time. A 0/1 mask is cropped around any labelled pixel."""
+    mask = np.zeros((256, 256), np.uint8)
+    mask[:128] = 1  # streak: 32768 pixels
+    mask[200, 200] = 6  # pit: 1 pixel
+    image = np.zeros((256, 256, 3), np.float32)
+    crop = ClassBalancedCrop(32, 32)
+    crop.set_random_seed(0)
+    held = [6 in crop(image=image, mask=mask)["mask"] for _ in range(200)]
+    assert 0.35 < np.mean(held) < 0.65
+    binary = (mask > 0).astype(np.uint8)
+    assert all(crop(image=image, mask=binary)["mask"].any() for _ in range(50))
+    empty = crop(image=image, mask=np.zeros_like(mask))["mask"]  # no defect: a random crop
+    assert empty.shape == (32, 32) and not empty.any()
 
 
 @pytest.mark.parametrize("representation", ["shading", "shading+albedo", "intensity"])

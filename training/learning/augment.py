@@ -1,5 +1,5 @@
 """Training augmentation with albumentations, on the model's input (see `preprocess.model_channels`): crops
-biased towards defects, lighting-consistent flips and rotations, and per-channel jitter.
+biased towards defects (each defect class alike), lighting-consistent flips and rotations, and per-channel jitter.
 
 Images enter as float (H, W, C) model input; masks as uint8 (H, W).
 """
@@ -15,6 +15,21 @@ import numpy as np
 from albumentations.core.transforms_interface import DualTransform, ImageOnlyTransform
 
 from training.learning.symmetry import LightingTransform, allowed_transforms
+
+
+class ClassBalancedCrop(A.CropNonEmptyMaskIfExists):
+    """A crop holding a labelled pixel, whose class is drawn first, uniformly among the classes the layer's mask
+    holds, then one of its pixels (nnU-Net's foreground oversampling). Drawing a pixel of any class instead
+    follows the pixel counts: an incomplete spreading holds a thousand times the pixels of a pit, and pits would
+    almost never be in a crop's middle. A 0/1 mask has one class: any labelled pixel, as before."""
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        mask = data["mask"]
+        present = np.flatnonzero(np.bincount(mask.ravel(), minlength=2)[1:]) + 1
+        if len(present) < 2:
+            return super().get_params_dependent_on_data(params, data)
+        chosen = present[self.py_random.randrange(len(present))]
+        return super().get_params_dependent_on_data(params, {**data, "mask": mask == chosen})
 
 
 class LightSymmetry(DualTransform):
@@ -73,11 +88,12 @@ class InputJitter(ImageOnlyTransform):
 
 
 def training_transform(crop: int, azimuths_deg: Sequence[float], defect_crop_share: float = 0.5) -> A.Compose:
-    """Random crop (a share of them centred on labelled pixels), lighting symmetry, per-channel jitter."""
+    """Random crop (a share of them around labelled pixels, each class alike), lighting symmetry, per-channel
+    jitter."""
     crop_step = A.OneOf(
         [
             A.RandomCrop(crop, crop, p=1.0 - defect_crop_share),
-            A.CropNonEmptyMaskIfExists(crop, crop, p=defect_crop_share),
+            ClassBalancedCrop(crop, crop, p=defect_crop_share),
         ],
         p=1.0,
     )
