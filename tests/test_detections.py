@@ -9,9 +9,11 @@ from training.inference.classes import DEFECT_CLASSES
 from training.inference.postprocess import (
     SEED_PROBABILITY,
     Prediction,
+    Regions,
     check_threshold,
     components,
     defect_mask,
+    defect_regions,
     detect,
     union_bbox,
 )
@@ -55,7 +57,7 @@ def test_a_threshold_at_or_above_even_odds_is_a_plain_comparison():
 
 def test_components_largest_first_with_box_area_and_peak():
     p = probabilities()
-    found, total = components(defect_mask(p, 0.5), p)
+    found, total = components(defect_regions(p, 0.5), p)
     assert [c.area_px for c in found] == [24, 2, 1] and total == 3
     assert found[0].bbox == (3, 2, 6, 4)
     assert found[0].max_confidence == pytest.approx(0.97)
@@ -65,7 +67,7 @@ def test_components_largest_first_with_box_area_and_peak():
 def test_diagonal_neighbours_are_one_component():
     mask = np.zeros((5, 5), bool)
     mask[1, 1] = mask[2, 2] = True
-    assert components(mask, mask.astype(np.float32))[1] == 1
+    assert components(Regions.of(mask), mask.astype(np.float32))[1] == 1
 
 
 def test_union_bbox_and_clean_layer():
@@ -109,11 +111,26 @@ def test_threshold_out_of_range_or_not_a_number_is_refused(value):
         check_threshold(value)
 
 
+def test_regions_keep_renumbers_what_stays():
+    mask = np.zeros((20, 20), bool)
+    mask[1:3, 1:3] = mask[10:15, 10:12] = mask[18:20, 0:7] = True
+    regions = Regions.of(mask)
+    assert regions.count == 3
+    kept = regions.keep(np.array([True, True, False, True]))  # drop the second region; row 0 is ignored
+    assert kept.count == 2 and set(np.unique(kept.labels)) == {0, 1, 2}
+    np.testing.assert_array_equal(kept.mask, mask & (regions.labels != 2))
+    np.testing.assert_array_equal(kept.stats[1:], regions.stats[[1, 3]])
+    again = Regions.of(kept.mask)  # the same regions as labelling the kept mask afresh
+    np.testing.assert_array_equal(again.labels, kept.labels)
+    np.testing.assert_array_equal(again.stats[1:], kept.stats[1:])
+    assert regions.keep(np.ones(4, bool)) is regions
+
+
 def test_peaks_and_order_match_a_plain_loop_on_a_noisy_mask():
     rng = np.random.default_rng(3)
     p = rng.random((120, 90)).astype(np.float32)
     mask = defect_mask(p, 0.8)
-    found, total = components(mask, p, limit=50)
+    found, total = components(defect_regions(p, 0.8), p, limit=50)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     assert total == count - 1 and len(found) == 50
     expected = sorted(

@@ -42,24 +42,61 @@ class Prediction:
 SEED_PROBABILITY = 0.5  # a defect must reach even odds somewhere; the threshold, when lower, draws its extent
 
 
-def defect_mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """(H, W) bool: the 8-connected regions of pixels at or above the threshold (compared in float32, as the PR
-    curve is) that hold at least one pixel at SEED_PROBABILITY or above, or at the threshold when it is higher.
+@dataclass(frozen=True)
+class Regions:
+    """The 8-connected regions of a defect mask, labelled once: `labels` (H, W) int32, 0 outside the mask, 1..n
+    the regions; `stats` (n + 1, 5) as cv2.connectedComponentsWithStats gives them (row 0 the background's)."""
+
+    labels: np.ndarray
+    stats: np.ndarray
+
+    @classmethod
+    def of(cls, mask: np.ndarray) -> Regions:
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+        return cls(labels, stats)
+
+    @property
+    def count(self) -> int:
+        """Regions, not counting the background."""
+        return len(self.stats) - 1
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.labels > 0
+
+    def keep(self, kept: np.ndarray) -> Regions:
+        """Only the regions whose `kept` (n + 1,) entry is true (the background's is ignored), numbered 1.. in
+        their order."""
+        kept = np.asarray(kept, dtype=bool).copy()
+        kept[0] = False
+        if kept[1:].all():
+            return self
+        number = np.zeros(len(kept), dtype=self.labels.dtype)
+        number[kept] = np.arange(1, int(kept.sum()) + 1, dtype=self.labels.dtype)
+        return Regions(number[self.labels], np.concatenate([self.stats[:1], self.stats[kept]]))
+
+
+def defect_regions(probabilities: np.ndarray, threshold: float) -> Regions:
+    """The decision's regions: the 8-connected regions of pixels at or above the threshold (compared in float32,
+    as the PR curve is) that hold at least one pixel at SEED_PROBABILITY or above, or at the threshold when it is
+    higher.
 
     A threshold chosen for the best F1 is often well below even odds: it draws a defect's full extent, but on
     layers unlike the training layers it also marks wide, faint regions. The seed keeps only regions the model is
     confident of somewhere (hysteresis, as in Canny's edges). Measured on the second renderer's layers: fewer
     clean layers flagged and higher F1 (`docs/generalization.md`)."""
-    mask = probabilities >= np.float32(threshold)
+    regions = Regions.of(probabilities >= np.float32(threshold))
     seed = np.float32(max(threshold, SEED_PROBABILITY))
-    if seed <= np.float32(threshold) or not mask.any():
-        return mask
-    seeds = probabilities >= seed
-    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    kept = np.zeros(count, dtype=bool)
-    kept[labels[seeds]] = True
-    kept[0] = False
-    return kept[labels]
+    if seed <= np.float32(threshold) or regions.count == 0:
+        return regions
+    kept = np.zeros(regions.count + 1, dtype=bool)
+    kept[regions.labels[probabilities >= seed]] = True
+    return regions.keep(kept)
+
+
+def defect_mask(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """(H, W) bool: the pixels of `defect_regions`."""
+    return defect_regions(probabilities, threshold).mask
 
 
 def check_threshold(value: Any) -> float:
@@ -73,49 +110,57 @@ def check_threshold(value: Any) -> float:
     return threshold
 
 
-def class_masses(labels: np.ndarray, count: int, mask: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """(count, K): each label's summed probability of each defect class over its pixels (label 0 is no region)."""
-    label = labels[mask]
-    return np.stack([np.bincount(label, weights=c[mask], minlength=count) for c in classes], axis=1)
+def class_masses(regions: Regions, classes: np.ndarray) -> np.ndarray:
+    """(n + 1, K): each region's summed probability of each defect class over its pixels (row 0: outside)."""
+    inside = regions.mask
+    label = regions.labels[inside]
+    return np.stack([np.bincount(label, weights=c[inside], minlength=regions.count + 1) for c in classes], axis=1)
+
+
+def region_classes(masses: np.ndarray) -> np.ndarray:
+    """(n + 1,) each region's class index, the defect class holding most of its probability (-1 for row 0)."""
+    best = masses.argmax(axis=1)
+    best[0] = -1
+    return best
 
 
 def components(
-    mask: np.ndarray,
+    regions: Regions,
     probabilities: np.ndarray,
     limit: int | None = None,
-    classes: np.ndarray | None = None,
+    masses: np.ndarray | None = None,
     class_names: tuple[str, ...] = (),
     mm_per_px: float | None = None,
 ) -> tuple[list[Component], int]:
-    """8-connected components of the mask, largest first (the `limit` largest), each with its box, area, highest
-    probability, class (the defect class with most of its probability, from a class model's (K, H, W) `classes`)
-    and millimetres (with `mm_per_px`); and how many there are in all. Vectorised: a noisy mask with 10^5
-    components stays fast."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    total = count - 1
+    """The regions as components, largest first (the `limit` largest), each with its box, area, highest
+    probability, class (the defect class with most of its probability, from a class model's `class_masses`) and
+    millimetres (with `mm_per_px`); and how many there are in all. Vectorised: a noisy mask with 10^5 components
+    stays fast."""
+    total = regions.count
     if total == 0:
         return [], 0
-    area = stats[1:, cv2.CC_STAT_AREA]
-    left, top = stats[1:, cv2.CC_STAT_LEFT], stats[1:, cv2.CC_STAT_TOP]
+    stats = regions.stats[1:]
+    area = stats[:, cv2.CC_STAT_AREA]
+    left, top = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
     chosen = np.lexsort((left, top, -area))[:limit]  # largest first; ties top to bottom, left to right
-    label, value = labels[mask], probabilities[mask]
+    inside = regions.mask
+    label, value = regions.labels[inside], probabilities[inside]
     order = np.lexsort((value, label))  # by label, then probability: each label's last entry is its peak
-    ends = np.searchsorted(label[order], np.arange(1, count), side="right") - 1
-    peaks = value[order][ends]  # (total,) peak probability of labels 1..count-1
-    if classes is not None:
-        masses = class_masses(labels, count, mask, classes)[1:]  # (total, K)
-        best = masses.argmax(axis=1)
-        shares = masses[np.arange(total), best] / np.maximum(masses.sum(axis=1), 1e-12)
+    ends = np.searchsorted(label[order], np.arange(1, total + 1), side="right") - 1
+    peaks = value[order][ends]  # (total,) peak probability of regions 1..total
+    if masses is not None:
+        best = masses[1:].argmax(axis=1)
+        shares = masses[1:][np.arange(total), best] / np.maximum(masses[1:].sum(axis=1), 1e-12)
     found = []
     for i in chosen:
-        box = (int(left[i]), int(top[i]), int(stats[i + 1, cv2.CC_STAT_WIDTH]), int(stats[i + 1, cv2.CC_STAT_HEIGHT]))
+        box = (int(left[i]), int(top[i]), int(stats[i, cv2.CC_STAT_WIDTH]), int(stats[i, cv2.CC_STAT_HEIGHT]))
         found.append(
             Component(
                 box,
                 int(area[i]),
                 round(float(peaks[i]), 4),
-                class_names[best[i]] if classes is not None else None,
-                round(float(shares[i]), 4) if classes is not None else None,
+                class_names[best[i]] if masses is not None else None,
+                round(float(shares[i]), 4) if masses is not None else None,
                 area_mm2(int(area[i]), mm_per_px),
                 box_mm(box, mm_per_px),
             )
@@ -126,11 +171,8 @@ def components(
 def class_of_regions(mask: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The 8-connected regions' labels (H, W) and each label's class index (the defect class with most of its
     probability; -1 for label 0, outside the mask): `best[labels]` is the (H, W) map of region classes."""
-    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    best = np.full(count, -1, dtype=np.int64)
-    if count > 1:
-        best[1:] = class_masses(labels, count, mask, classes)[1:].argmax(axis=1)
-    return labels, best
+    regions = Regions.of(mask)
+    return regions.labels, region_classes(class_masses(regions, classes))
 
 
 def class_map(mask: np.ndarray, classes: np.ndarray, left_out: tuple[int, ...] = ()) -> np.ndarray:
@@ -189,24 +231,25 @@ def detect(
         raise ValueError(f"mask_format must be one of {', '.join(MASK_FORMATS)}, got {mask_format!r}")
     if mask_format == CLASS_MAP and classes is None:
         raise ValueError("mask_format classes needs a class model; this model answers without classes")
-    mask = defect_mask(probabilities, threshold)
+    regions = defect_regions(probabilities, threshold)  # labelled once: the summary and components share it
     summary: tuple[ClassSummary, ...] = ()
+    masses = None
     mm = scale.mm_per_px
     left_out = tuple(class_names.index(n) for n in ignore_classes)
     if classes is not None:
-        labels, best = class_of_regions(mask, classes)
+        masses = class_masses(regions, classes)
+        best = region_classes(masses)[1:]
         k = len(class_names)
-        regions = np.bincount(best[1:], minlength=k)  # each region counted once, in its class
-        pixels = np.bincount(best[labels[mask]], minlength=k)
-        ignored = np.isin(best, left_out)[labels]
+        counts = np.bincount(best, minlength=k)  # each region counted once, in its class
+        pixels = np.bincount(best, weights=regions.stats[1:, cv2.CC_STAT_AREA], minlength=k).astype(np.int64)
         summary = tuple(
-            ClassSummary(
-                name, int(regions[c]), int(pixels[c]), area_mm2(int(pixels[c]), mm), name not in ignore_classes
-            )
+            ClassSummary(name, int(counts[c]), int(pixels[c]), area_mm2(int(pixels[c]), mm), name not in ignore_classes)
             for c, name in enumerate(class_names)
         )
-        mask &= ~ignored
-    found, total = components(mask, probabilities, max_components, classes, class_names, mm)
+        kept = np.concatenate([[True], ~np.isin(best, left_out)])  # row 0, outside, stays a row of the masses
+        regions, masses = regions.keep(kept), masses[kept]
+    mask = regions.mask
+    found, total = components(regions, probabilities, max_components, masses, class_names, mm)
     area = int(np.count_nonzero(mask))
     bbox = union_bbox(mask)
     return Detection(

@@ -19,7 +19,8 @@ def probabilities(logits: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     if not config.class_names:
         return torch.sigmoid(logits)
     p = torch.softmax(logits, dim=1)
-    return torch.cat([1.0 - p[:, :1], p[:, 1:]], dim=1)
+    p[:, 0].neg_().add_(1.0)  # in place: half the time of a second tensor at 512² (`bench model`'s head rows)
+    return p
 
 
 def prediction_of(stacked: np.ndarray, config: ModelConfig) -> Prediction:
