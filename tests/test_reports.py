@@ -22,7 +22,10 @@ def bench_result() -> Benchmark:
             for v, ms in times.items()]  # fmt: skip
     sizes = {"fp32 state dict": 8_000_000, "int8 state dict": 2_000_000}
     tiled = {"size": 1024, "tile": 512, "threads": 2, "ms": {"fp32 eager": 900.0}}
-    return Benchmark("python -m bench model --checkpoint c.pt", "c.pt", CPU, rows, sizes, tiled, 13.4)
+    heads = [{"variant": v, "head": h, "size": 512, "threads": 2, "median_ms": ms, "p90_ms": ms + 2, "runs": 20}
+             for v, h, ms in (("fp32 channels_last", "class", 84.0), ("fp32 channels_last", "binary", 80.0),
+                              ("static int8 FX frozen", "class", 22.0), ("static int8 FX frozen", "binary", 20.0))]  # fmt: skip
+    return Benchmark("python -m bench model --checkpoint c.pt", "c.pt", CPU, rows, sizes, tiled, 13.4, heads)
 
 
 def test_the_benchmarks_report_states_the_served_int8_speed_up_and_its_provenance(tmp_path):
@@ -34,6 +37,8 @@ def test_the_benchmarks_report_states_the_served_int8_speed_up_and_its_provenanc
     assert speed_up and speed_up[0].endswith("**4.0x**")  # fp32 channels_last 80 ms / static int8 FX frozen 20 ms
     assert "- static int8 (frozen) vs ONNX Runtime int8: 1.5x" in lines
     assert "| fp32 eager | 120.0 (121.0) |" in lines and "fp32 / int8 state dict: 4.00x smaller." in lines
+    assert "| fp32 channels_last | 84.0 (86.0) | 80.0 (82.0) | 1.050 | 20 |" in lines  # class / binary head
+    assert "| static int8 FX frozen | 22.0 (24.0) | 20.0 (22.0) | 1.100 | 20 |" in lines
     assert lines[-1] == "![latency](bench.png)" and (tmp_path / "bench.png").stat().st_size > 1000
 
 
@@ -41,7 +46,11 @@ def test_a_benchmark_reads_back_from_the_json_it_writes():
     result = bench_result()
     again = Benchmark.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again == result and list(result.to_dict()) == ["command", "checkpoint", "cpu", "rows", "sizes_bytes",
-                                                          "tiled_layer", "gmac_512"]  # fmt: skip
+                                                          "tiled_layer", "gmac_512", "heads"]  # fmt: skip
+    older = {k: v for k, v in result.to_dict().items() if k != "heads"}  # a run from before the head rows
+    assert Benchmark.from_dict(older).heads == [] and "class head" not in benchmarks.render(
+        Benchmark.from_dict(older), "b.png"
+    )
 
 
 def serving_row(model: str, size: int, http: float, alone: float) -> dict:
