@@ -3,7 +3,8 @@
 Rows: float eager; float channels_last; float traced and frozen (TorchScript); dynamic int8; static int8 (FX);
 static int8 traced and frozen; ONNX Runtime float and static int8 (QDQ), the peer a user would pick instead.
 Warm-up first, then the median and p90 of the repeats. Also model file sizes, one full layer through tiled
-inference, and the served path of one tile-sized layer with the class head beside a binary head (`served_heads`). Ratios are what to quote: absolute times depend on the machine and on what else runs on it.
+inference, and the served path of one tile-sized layer with the class head beside a binary head (`served_heads`).
+Ratios are what to quote: absolute times depend on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from handler.settings import ServingConfig
 from training.inference import serialize
 from training.inference.classes import DEFECT_CLASSES
-from training.inference.config import ModelConfig
+from training.inference.config import DECISION_FILE, Decision, ModelConfig
 from training.inference.familiarity import assess
 from training.inference.images import write_json
 from training.inference.loaders import ChannelsLast
@@ -37,6 +38,7 @@ from training.inference.quantization import QuantizationConfig, freeze, load_int
 from training.inference.tiling import predict_tiled
 from training.learning.dataset import load_split
 from training.learning.quantize import calibration_inputs
+from training.learning.validation import VALIDATION_THRESHOLD
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +281,11 @@ def bench(
         tiled[name] = (time.perf_counter() - t0) * 1e3
     macs = conv_macs(model, 512)
     tiled_layer = {"size": layer_size, "tile": config.tile_size, "threads": max(threads), "ms": tiled}
-    heads = served_heads(config, model, records[0].stack, calib, settings, repeat, max_seconds)
+    decided = (Path(checkpoint).parent / DECISION_FILE).exists()
+    threshold = (
+        Decision.read(checkpoint, state_digest(model.state_dict())).threshold if decided else VALIDATION_THRESHOLD
+    )
+    heads = served_heads(config, model, records[0].stack, calib, settings, threshold, repeat, max_seconds)
     return Benchmark(command, str(checkpoint), cpu_description(), rows, sizes_bytes, tiled_layer, macs / 1e9, heads)
 
 
@@ -303,18 +309,19 @@ def served_heads(
     stack: np.ndarray,
     calibration: list[torch.Tensor],
     settings: QuantizationConfig,
+    threshold: float,
     repeat: int,
     max_seconds: float,
 ) -> list[dict[str, Any]]:
     """What classes cost where it counts, the served path of one layer of the serving tile size: the network with
     the class head beside the same network with a binary head, as each variant serves it (float32 channels_last,
-    int8 static and frozen with the int8 variant's settings), then `detect` and the familiarity check. Both heads' `detect` reads the same defect
-    probability (the checkpoint's), the class head's also its class shares, so they describe the same regions and
-    the difference is the head's. The two heads run in turn, repeat after repeat, so a shared machine slows both
-    alike."""
+    int8 static and frozen with the int8 variant's settings), then `detect` at `threshold` and the familiarity
+    check. Both heads' `detect` reads the same defect probability (the checkpoint's), the class head's also its
+    class shares, so they describe the same regions and the difference is the head's; that is why this times the
+    handler's steps one by one rather than the handler. The two heads run in turn, repeat after repeat, so a
+    shared machine slows both alike."""
     side = config.tile_size
     stack = np.ascontiguousarray(stack[:side, :side])
-    threshold = config.threshold if config.threshold is not None else 0.5
     serving = ServingConfig()
     configs = head_configs(config)
     nets = {head: _with_head(model, cfg) for head, cfg in configs.items()}
