@@ -9,6 +9,7 @@ from training.learning.losses import (
     class_loss,
     class_weights_from_pixels,
     defect_logit,
+    defect_pixel_weights,
     dice_bce_loss,
     pos_weight_from_density,
     segmentation_loss,
@@ -96,3 +97,19 @@ def test_class_weights_favour_rare_classes_within_the_clip():
     assert weights[2] == 1.0 and weights[0] == weights[3] == weights[5] == 1.0
     assert weights[1] == CLASS_WEIGHT_RANGE[1] and weights[4] == pytest.approx(0.25, abs=1e-3)
     assert class_weights_from_pixels([0, 0]) == [1.0, 1.0]
+
+
+def test_defect_pixels_of_rare_classes_weigh_more_and_none_less_than_background():
+    target = torch.tensor([[[[0, 1, 2, 3]]]])
+    weights = defect_pixel_weights(target, torch.tensor([0.25, 4.0, 1.5]), pos_weight=2.0)
+    torch.testing.assert_close(weights, torch.tensor([[[[1.0, 2.0, 8.0, 3.0]]]]))
+
+
+def test_a_class_models_decision_loss_is_dice_bce_when_no_class_is_rare():
+    logits, target = torch.randn(2, 4, 8, 8), torch.randint(0, 4, (2, 1, 8, 8))
+    common = torch.tensor([0.5, 1.0, 0.25])  # every class at or below the floor of 1
+    defect = (target > 0).float()
+    expected = dice_bce_loss(defect_logit(logits), defect, 3.0) + class_loss(logits, target, common)
+    torch.testing.assert_close(segmentation_loss(logits, target, 3.0, common), expected)
+    rare = torch.tensor([0.5, 4.0, 0.25])
+    assert segmentation_loss(logits, target, 3.0, rare) > expected  # the rare class's defect pixels count 4x

@@ -1,6 +1,7 @@
-"""The training losses as pure tensor functions: Dice + BCE on the probability of any defect, and for a class model
-a class-weighted cross-entropy over the defect classes on defect pixels (or, fine-tuning on labels without classes,
-a distillation term that keeps the starting model's class distribution)."""
+"""The training losses as pure tensor functions: Dice + BCE on the probability of any defect (for a class model the
+BCE weighs a rare class's defect pixels more), and for a class model a class-weighted cross-entropy over the defect
+classes on defect pixels (or, fine-tuning on labels without classes, a distillation term that keeps the starting
+model's class distribution)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ def weighted_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) 
     """Binary cross-entropy where a defect pixel weighs `pos_weight` times a background pixel."""
     weight = torch.tensor(pos_weight, dtype=torch.float32, device=logits.device)
     return F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=weight)
+
+
+def defect_pixel_weights(target: torch.Tensor, class_weights: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    """Each pixel's weight in the defect decision's BCE, for a class map target (N, 1, H, W) holding 0 or 1..K: 1 for
+    background, `pos_weight` times max(1, its class's weight) for a defect pixel. A pit or a spatter particle is a
+    few dozen pixels beside regions of thousands, so unweighted its pixels barely move the loss and the model learns
+    to miss it; the floor at 1 keeps a common class from counting less than background, so the decision's
+    calibration on large regions (and the threshold chosen on it) stays as it was."""
+    classes = target.long()
+    table = torch.cat([torch.ones(1), class_weights.float().clamp(min=1.0) * pos_weight]).to(target.device)
+    return table[classes]
 
 
 def dice_bce_loss(
@@ -78,10 +90,13 @@ def segmentation_loss(
     learning classes), else 0/1; `teacher` is the starting model's logits when a class model learns from labels
     without classes."""
     defect = (target > 0).float()
-    loss = dice_bce_loss(defect_logit(logits), defect, pos_weight)
+    logit = defect_logit(logits)
     if class_weights is not None:
-        loss = loss + class_loss(logits, target, class_weights)
-    elif teacher is not None:
+        weight = defect_pixel_weights(target, class_weights, pos_weight)
+        bce = F.binary_cross_entropy_with_logits(logit, defect, weight=weight)
+        return soft_dice_loss(logit, defect) + bce + class_loss(logits, target, class_weights)
+    loss = dice_bce_loss(logit, defect, pos_weight)
+    if teacher is not None:
         loss = loss + class_distillation(logits, teacher, defect)
     return loss
 
