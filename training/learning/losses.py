@@ -30,8 +30,8 @@ def defect_pixel_weights(target: torch.Tensor, class_weights: torch.Tensor, pos_
     """Each pixel's weight in the defect decision's BCE, for a class map target (N, 1, H, W) holding 0 or 1..K: 1 for
     background, `pos_weight` times max(1, its class's weight) for a defect pixel. A pit or a spatter particle is a
     few dozen pixels beside regions of thousands, so unweighted its pixels barely move the loss and the model learns
-    to miss it; the floor at 1 keeps a common class from counting less than background, so the decision's
-    calibration on large regions (and the threshold chosen on it) stays as it was."""
+    to miss it. The floor at 1 keeps a common class from counting less than background: weighing incomplete
+    spreading at a third made the model so unsure of large regions that the chosen threshold fell to 0.05."""
     classes = target.long()
     table = torch.cat([torch.ones(1), class_weights.float().clamp(min=1.0) * pos_weight]).to(target.device)
     return table[classes]
