@@ -28,7 +28,7 @@ import torch
 from handler.settings import ServingConfig
 from training.inference import serialize
 from training.inference.classes import DEFECT_CLASSES
-from training.inference.config import DECISION_FILE, Decision, ModelConfig
+from training.inference.config import Decision, ModelConfig
 from training.inference.familiarity import assess
 from training.inference.images import write_json
 from training.inference.loaders import ChannelsLast
@@ -281,10 +281,10 @@ def bench(
         tiled[name] = (time.perf_counter() - t0) * 1e3
     macs = conv_macs(model, 512)
     tiled_layer = {"size": layer_size, "tile": config.tile_size, "threads": max(threads), "ms": tiled}
-    decided = (Path(checkpoint).parent / DECISION_FILE).exists()
-    threshold = (
-        Decision.read(checkpoint, state_digest(model.state_dict())).threshold if decided else VALIDATION_THRESHOLD
-    )
+    try:
+        threshold = Decision.read(checkpoint, state_digest(model.state_dict())).threshold
+    except FileNotFoundError:  # not evaluated yet: the threshold training validated at
+        threshold = VALIDATION_THRESHOLD
     heads = served_heads(config, model, records[0].stack, calib, settings, threshold, repeat, max_seconds)
     return Benchmark(command, str(checkpoint), cpu_description(), rows, sizes_bytes, tiled_layer, macs / 1e9, heads)
 

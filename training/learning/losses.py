@@ -20,8 +20,13 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1.0 - (2.0 * intersection + eps) / (probs.sum() + target.sum() + eps)
 
 
-def weighted_bce(logits: torch.Tensor, target: torch.Tensor, pos_weight: float) -> torch.Tensor:
-    """Binary cross-entropy where a defect pixel weighs `pos_weight` times a background pixel."""
+def weighted_bce(
+    logits: torch.Tensor, target: torch.Tensor, pos_weight: float, pixel_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Binary cross-entropy where a defect pixel weighs `pos_weight` times a background pixel, or, given
+    `pixel_weight` (shaped like `target`, e.g. `defect_pixel_weights`), where each pixel weighs its own weight."""
+    if pixel_weight is not None:
+        return F.binary_cross_entropy_with_logits(logits.float(), target.float(), weight=pixel_weight)
     weight = torch.tensor(pos_weight, dtype=torch.float32, device=logits.device)
     return F.binary_cross_entropy_with_logits(logits.float(), target.float(), pos_weight=weight)
 
@@ -31,16 +36,16 @@ def defect_pixel_weights(target: torch.Tensor, class_weights: torch.Tensor, pos_
     background, `pos_weight` times max(1, its class's weight) for a defect pixel. A pit or a spatter particle is a
     few dozen pixels beside regions of thousands, so unweighted its pixels barely move the loss and the model learns
     to miss it. The floor at 1 keeps a common class from counting less than background: weighing incomplete
-    spreading at a third made the model so unsure of large regions that the chosen threshold fell to 0.05."""
+    spreading below 1 made the model unsure of large regions, and its chosen threshold fell far below even odds."""
     classes = target.long()
     table = torch.cat([torch.ones(1), class_weights.float().clamp(min=1.0) * pos_weight]).to(target.device)
     return table[classes]
 
 
 def dice_bce_loss(
-    logits: torch.Tensor, target: torch.Tensor, pos_weight: float, dice_weight: float = 1.0
+    logits: torch.Tensor, target: torch.Tensor, pos_weight: float, pixel_weight: torch.Tensor | None = None
 ) -> torch.Tensor:
-    return dice_weight * soft_dice_loss(logits, target) + weighted_bce(logits, target, pos_weight)
+    return soft_dice_loss(logits, target) + weighted_bce(logits, target, pos_weight, pixel_weight)
 
 
 def defect_logit(logits: torch.Tensor) -> torch.Tensor:
@@ -90,13 +95,11 @@ def segmentation_loss(
     learning classes), else 0/1; `teacher` is the starting model's logits when a class model learns from labels
     without classes."""
     defect = (target > 0).float()
-    logit = defect_logit(logits)
+    weight = None if class_weights is None else defect_pixel_weights(target, class_weights, pos_weight)
+    loss = dice_bce_loss(defect_logit(logits), defect, pos_weight, weight)
     if class_weights is not None:
-        weight = defect_pixel_weights(target, class_weights, pos_weight)
-        bce = F.binary_cross_entropy_with_logits(logit, defect, weight=weight)
-        return soft_dice_loss(logit, defect) + bce + class_loss(logits, target, class_weights)
-    loss = dice_bce_loss(logit, defect, pos_weight)
-    if teacher is not None:
+        loss = loss + class_loss(logits, target, class_weights)
+    elif teacher is not None:
         loss = loss + class_distillation(logits, teacher, defect)
     return loss
 
