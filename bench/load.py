@@ -195,7 +195,7 @@ def matrix(checkpoint: Path, size: int, requests: int, concurrencies: list[int],
         for batch in (1, 4):
             for workers in (1, cores):
                 serving = ServingConfig(min_workers=workers, max_workers=workers, batch_size=batch,
-                                        torch_threads=max(1, cores // workers))  # fmt: skip
+                                        threads=max(1, cores // workers))  # fmt: skip
                 name = variant_by_key(variant).model_name
                 with tempfile.TemporaryDirectory(prefix="bench-matrix-") as tmp:
                     store = Path(tmp) / "store"
@@ -208,9 +208,9 @@ def matrix(checkpoint: Path, size: int, requests: int, concurrencies: list[int],
                             run = drive(server, name, layers, requests, concurrency)
                             run.pop("ends")
                             rows.append({"variant": variant, "batch": batch, "workers": workers,
-                                         "threads": serving.torch_threads, **run})  # fmt: skip
+                                         "threads": serving.threads, **run})  # fmt: skip
                             log.info("%s b%d w%d t%d c%d: p50 %.1f ms, %.2f/s, %d errors", variant, batch, workers,
-                                     serving.torch_threads, concurrency, run["p50_ms"], run["throughput_per_s"],
+                                     serving.threads, concurrency, run["p50_ms"], run["throughput_per_s"],
                                      run["errors"])  # fmt: skip
                     finally:
                         server.stop()

@@ -13,7 +13,6 @@ import copy
 import logging
 import os
 import platform
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from training.inference.tiling import predict_tiled
 from training.learning.dataset import load_split
 from training.learning.quantize import calibration_inputs
 from training.learning.validation import VALIDATION_THRESHOLD
+from training.serving.timing import measure, measure_alternating
 
 log = logging.getLogger(__name__)
 
@@ -111,48 +111,6 @@ def cpu_description() -> dict[str, Any]:
             # VFMADD on 512-bit registers: 16 fp32 multiply-accumulates per instruction, two FMA ports per core.
             info["fp32_peak_gmacs"] = round(2 * 16 * mhz / 1e3 * (os.cpu_count() or 1), 1)
     return info
-
-
-def measure(run: Callable[[], Any], repeat: int, max_seconds: float) -> dict[str, float]:
-    """Median and p90 latency in milliseconds after two warm-up runs; stops early past max_seconds."""
-    run()
-    run()
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < repeat and (len(times) < 3 or time.perf_counter() - started < max_seconds):
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return _summary(times)
-
-
-def measure_alternating(
-    runs: dict[str, Callable[[], Any]], repeat: int, max_seconds: float
-) -> dict[str, dict[str, float]]:
-    """`measure` for several runs compared with each other: they take turns, one call each per round, so that
-    whatever else the machine does slows them alike."""
-    for run in runs.values():
-        run()
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    started = time.perf_counter()
-    rounds = 0
-    while rounds < repeat and (rounds < 3 or time.perf_counter() - started < max_seconds * len(runs)):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-        rounds += 1
-    return {name: _summary(t) for name, t in times.items()}
-
-
-def _summary(times: list[float]) -> dict[str, float]:
-    times = sorted(times)
-    return {
-        "median_ms": statistics.median(times),
-        "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))],
-        "runs": len(times),
-    }
 
 
 def _onnx_models(model: torch.nn.Module, calibration: list[torch.Tensor], folder: Path) -> tuple[Path, Path]:

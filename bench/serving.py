@@ -42,7 +42,7 @@ class ServingBench:
     command: str
     cpu: dict[str, Any]  # `bench.model.cpu_description()`
     repeat: int  # timed requests per row
-    rows: list[dict[str, Any]]  # model, size, http (`measure` + worker_ms), model_only (`measure`), torch_threads
+    rows: list[dict[str, Any]]  # model, size, http (`measure` + worker_ms), model_only (`measure`), threads
 
     def to_dict(self) -> dict[str, Any]:
         return serialize.to_dict(self)
@@ -77,7 +77,7 @@ def http_latency(server, model: str, blobs: list[bytes], repeat: int, max_second
 
 def model_latency(weights: Path, serving: ServingConfig, stack: np.ndarray, repeat: int, max_seconds: float) -> dict:
     threads = torch.get_num_threads()
-    torch.set_num_threads(serving.torch_threads)
+    torch.set_num_threads(serving.threads)
     try:
         config, model = load_variant(weights)
         return measure(
@@ -115,7 +115,7 @@ def run(
             for row in (r for r in rows if r["model"] == model):
                 stack = np.stack(layers[row["size"]], axis=-1)
                 row["model_only"] = model_latency(weights, serving, stack, repeat, max_seconds)
-                row["torch_threads"] = serving.torch_threads
+                row["threads"] = serving.threads
                 log.info("%s %d px: model only %.1f ms", model, row["size"], row["model_only"]["median_ms"])
     return ServingBench(command, cpu_description(), repeat, rows)
 

@@ -43,21 +43,21 @@ class DefectHandler(BaseHandler):
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
         self.serving = ServingConfig.from_yaml_dict(getattr(context, "model_yaml_config", None))
-        torch.set_num_threads(self.serving.torch_threads)
+        torch.set_num_threads(self.serving.threads)
         config = ModelConfig.from_dict(json.loads((model_dir / "model_config.json").read_text()))
         if config.threshold is None:
             raise ValueError(f"{model_dir / 'model_config.json'} has no decision threshold: rebuild the archive")
         weights = model_dir / context.manifest["model"]["serializedFile"]
-        self.config, self.model = load_variant(weights, config)
+        self.config, self.model = load_variant(weights, config, self.serving.threads)
         variant = variant_of(self.config)
         self.model_info = ModelInfo(
-            context.model_name, variant.key, variant.backend, context.manifest["model"].get("modelVersion", "")
+            context.model_name, variant.key, self.config.backend, context.manifest["model"].get("modelVersion", "")
         )
         self.lights = tuple(Light(f, a) for f, a in zip(config.image_fields, config.azimuths_deg, strict=True))
         self.context = context
         self.initialized = True
-        log.info("%s: %s model from %s on %s, %d torch thread(s)", context.model_name, variant.key, weights.name,
-                 variant.backend, self.serving.torch_threads)  # fmt: skip
+        log.info("%s: %s model from %s on %s, %d thread(s)", context.model_name, variant.key, weights.name,
+                 self.config.backend, self.serving.threads)  # fmt: skip
 
     def handle(self, data: list[dict[str, Any]], context) -> list[str]:
         """Answer every request of the batch on its own (compact JSON); a bad one gets its own 4xx."""

@@ -32,7 +32,7 @@ class ServingConfig:
     response_timeout_s: int = 120  # one 2048x2048 fp32 layer takes seconds on one thread
     startup_timeout_s: int = 120
     # The handler.
-    torch_threads: int = 1
+    threads: int = 1
     max_image_pixels: int = 4096 * 4096  # per image, checked from the header before decoding
     tile_overlap: int = TILE_OVERLAP  # pixels shared by neighbouring tiles of a large layer
     tile_batch: int = TILE_BATCH  # tiles per forward pass

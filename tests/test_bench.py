@@ -3,9 +3,10 @@ import shutil
 import subprocess
 import sys
 
-from bench.model import conv_macs, head_configs, measure, measure_alternating
+from bench.model import conv_macs, head_configs
 from training.inference.config import ModelConfig
 from training.inference.model import build_model
+from training.serving.timing import measure, measure_alternating
 
 
 def test_conv_macs_of_the_unet_at_512():

@@ -54,7 +54,7 @@ def test_request_size_holds_three_2048_16_bit_pngs_and_no_more():
 def test_workers_times_threads_fit_two_cores():
     serving = ServingConfig()
     assert int(PROPS["default_workers_per_model"]) == serving.max_workers
-    assert len(MODELS) * serving.max_workers * serving.torch_threads <= 2
+    assert len(MODELS) * serving.max_workers * serving.threads <= 2
 
 
 def test_metrics_in_prometheus_format_with_the_handler_metrics():

@@ -3,6 +3,7 @@ import io
 import pytest
 import torch
 
+from training.inference import openvino_backend
 from training.inference.classes import DEFECT_CLASSES
 from training.inference.config import ModelConfig
 from training.inference.model import build_model
@@ -132,7 +133,12 @@ def test_quantize_command_writes_both_variants_and_agreement(tiny_run, tmp_path,
         ("minmax", 4),
     ]
     assert "## Calibration sweep (validation split)" in text
-    assert "| static int8 (FX, calibrated) |" in text and "python -m training quantize" in text
+    assert "| PyTorch static int8 (FX, calibrated) |" in text and "python -m training quantize" in text
+    assert "| OpenVINO int8 (NNCF post-training, same calibration layers) |" in text
+    assert 0.0 <= report["openvino_int8"]["mask_iou"] <= 1.0 and "f1_int8" in report["openvino_int8"]
+    assert set(report["files"]["int8"]) == {"pytorch", "openvino"}
+    openvino_config, _ = openvino_backend.read(run / "model_int8.xml")
+    assert openvino_config.quantization["calibration"] == config.quantization["calibration"]  # the same layers
 
 
 def test_quantization_result_keeps_the_json_keys_and_renders_without_truth():
@@ -142,18 +148,23 @@ def test_quantization_result_keeps_the_json_keys_and_renders_without_truth():
     no_truth = {"mask_iou": 0.98, "decision_agreement": 1.0, "max_probability_difference": 0.01}
     result = Quantization(
         command="QUANTIZE", checkpoint="run/checkpoint.pt", settings=QuantizationConfig(float_modules=("head",)),
-        calibration_seconds=1.5, split="test", layers=2, threshold=0.5, sizes_bytes={"fp32": 4000, "int8": 1000},
+        calibration_seconds=1.5, split="test", layers=2, threshold=0.5,
+        sizes_bytes={"fp32": 4000, "int8": 1000, "openvino fp32": 4100, "openvino int8": 1200},
         engine_timings_ms={}, calibration_sweep=[], static_int8=no_truth, dynamic_int8=no_truth,
-        files={"fp32": "model_fp32.pt", "int8": "model_int8.pt"},
+        openvino_int8={**no_truth, "mask_iou": 0.99},
+        files={"fp32": {"pytorch": "model_fp32.pt", "openvino": "model_fp32.xml"},
+               "int8": {"pytorch": "model_int8.pt", "openvino": "model_int8.xml"}},
     )  # fmt: skip
     data = result.to_dict()
     assert list(data) == [
         "command", "checkpoint", "settings", "calibration_seconds", "split", "layers", "threshold", "sizes_bytes",
-        "engine_timings_ms", "calibration_sweep", "static_int8", "dynamic_int8", "files",
+        "engine_timings_ms", "calibration_sweep", "static_int8", "dynamic_int8", "openvino_int8", "files",
     ]  # fmt: skip
     assert data["settings"] == QuantizationConfig(float_modules=("head",)).to_dict()
     assert Quantization.from_dict(data) == result
     text = render(result)
     assert "engine `x86` (chosen by hand)" in text and "kept in float: head." in text and "QUANTIZE" in text
-    assert "| static int8 (FX, calibrated) | 0.980 | 1.000 | n/a | n/a | n/a | 0.010 |" in text
-    assert "(4.00x smaller)" in text and "Calibration sweep" not in text
+    assert "| PyTorch static int8 (FX, calibrated) | 0.980 | 1.000 | n/a | n/a | n/a | 0.010 |" in text
+    assert "| OpenVINO int8 (NNCF post-training, same calibration layers) | 0.990 | 1.000 |" in text
+    assert "(4.00x smaller)" in text and "OpenVINO IR (xml and bin): fp32 0.00 MB" in text
+    assert "Calibration sweep" not in text

@@ -56,7 +56,7 @@ def test_a_benchmark_reads_back_from_the_json_it_writes():
 def serving_row(model: str, size: int, http: float, alone: float) -> dict:
     worker = {"decode": 1.0, "inference": alone, "postprocess": 2.0}
     return {"model": model, "size": size, "http": {"median_ms": http, "p90_ms": http, "runs": 3, "worker_ms": worker},
-            "model_only": {"median_ms": alone, "p90_ms": alone, "runs": 3}, "torch_threads": 1}  # fmt: skip
+            "model_only": {"median_ms": alone, "p90_ms": alone, "runs": 3}, "threads": 1}  # fmt: skip
 
 
 def test_the_serving_report_compares_int8_with_fp32_over_http(tmp_path):

@@ -83,7 +83,7 @@ ROUND_TRIPS = [
         ).only_classes(("pit",)),
     ),
     (_serving, ServingConfig()),
-    (_serving, ServingConfig(min_workers=2, max_workers=3, batch_size=4, torch_threads=2, tile_overlap=0)),
+    (_serving, ServingConfig(min_workers=2, max_workers=3, batch_size=4, threads=2, tile_overlap=0)),
     (_generic, SurfaceConfig(parts_per_layer=(0, 0))),
     (_generic, CameraConfig(illumination_gradient=(0.0, 0.5))),
     (_generic, DefectSpec(0.1, (1, 1), (1.0, 2.0), (3.0, 4.0))),

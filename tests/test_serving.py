@@ -5,10 +5,10 @@ from handler.settings import ServingConfig
 
 
 def test_yaml_round_trip_puts_torchserve_keys_on_top():
-    config = ServingConfig(batch_size=4, torch_threads=2, max_image_pixels=1000)
+    config = ServingConfig(batch_size=4, threads=2, max_image_pixels=1000)
     data = yaml.safe_load(yaml.safe_dump(config.to_yaml_dict()))
     assert data["batchSize"] == 4 and data["minWorkers"] == 1 and data["responseTimeout"] == 120
-    assert data["handler"]["torch_threads"] == 2 and "batch_size" not in data["handler"]
+    assert data["handler"]["threads"] == 2 and "batch_size" not in data["handler"]
     assert ServingConfig.from_yaml_dict(data) == config
 
 
@@ -16,7 +16,7 @@ def test_missing_yaml_gives_defaults():
     assert ServingConfig.from_yaml_dict(None) == ServingConfig()
 
 
-@pytest.mark.parametrize("change", [{"torch_threads": 0}, {"batch_size": -1}, {"tile_batch": 1.5}, {"min_workers": 3}])
+@pytest.mark.parametrize("change", [{"threads": 0}, {"batch_size": -1}, {"tile_batch": 1.5}, {"min_workers": 3}])
 def test_bad_settings_are_refused(change):
     with pytest.raises(ValueError):
         ServingConfig(**change)

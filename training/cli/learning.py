@@ -225,13 +225,13 @@ def run_quantize(args: argparse.Namespace, argv: list[str]) -> str:
     )  # fmt: skip
     if args.report:
         write_report(report, args.report)
-    static, sizes = report.static_int8, report.sizes_bytes
+    static = report.static_int8
     f1 = (
         f", F1 vs truth {static['f1_float']:.3f} (fp32) / {static['f1_int8']:.3f} (int8)" if "f1_int8" in static else ""
     )
     return (
         f"int8 vs fp32 on {report.layers} {args.split} layers: mask IoU {static['mask_iou']:.3f}, decision agreement "
-        f"{static['decision_agreement']:.3f}{f1}; wrote {report.files['fp32']} ({sizes['fp32'] / 1e6:.1f} MB), "
-        f"{report.files['int8']} ({sizes['int8'] / 1e6:.1f} MB) and quantization.json"
+        f"{static['decision_agreement']:.3f}{f1}; OpenVINO int8 (NNCF): mask IoU {report.openvino_int8['mask_iou']:.3f}; "
+        f"wrote {', '.join(p for paths in report.files.values() for p in paths.values())} and quantization.json"
         + (f"; report {args.report}" if args.report else "")
     )

@@ -23,7 +23,8 @@ def _archives() -> str:
 
 def add_archive(sub: argparse._SubParsersAction) -> None:
     from handler.settings import ServingConfig
-    from training.inference.variants import MODEL_PREFIX, VARIANTS
+    from training.inference.variants import BACKENDS, MODEL_PREFIX, VARIANTS
+    from training.serving.archive import AUTO
 
     defaults = ServingConfig()
     p = sub.add_parser(
@@ -31,14 +32,21 @@ def add_archive(sub: argparse._SubParsersAction) -> None:
         help=f"TorchServe archives {_archives()} from an evaluated and quantized checkpoint",
         description="Pack the handler and inference packages, the weights, the served ModelConfig and a "
         "model-config.yaml per registered variant into .mar archives with torch-model-archiver. Needs "
-        f"{', '.join(v.file for v in VARIANTS)} (written by quantize) and decision.json (written by evaluate) beside "
-        "the checkpoint.",
+        f"{', '.join(f for v in VARIANTS for f in v.files)} (written by quantize) and decision.json (written by "
+        "evaluate) beside the checkpoint. Each variant is served on the backend measured fastest here (--backend "
+        "auto), on the threads it will have in the worker.",
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt (evaluated and quantized)")
     p.add_argument("--out", type=Path, default=Path("model_store"), help="model store folder (default: model_store)")
     p.add_argument("--version", default="1.0", help="model version reported in every answer (default: 1.0)")
     p.add_argument(
         "--prefix", default=MODEL_PREFIX, help=f"model names are <prefix>_<variant> (default: {MODEL_PREFIX})"
+    )
+    p.add_argument(
+        "--backend",
+        choices=(AUTO, *BACKENDS),
+        default=AUTO,
+        help=f"what runs every variant; {AUTO}: time each variant's builds here and serve the fastest (default)",
     )
     p.add_argument(
         "--workers",
@@ -49,8 +57,8 @@ def add_archive(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        default=defaults.torch_threads,
-        help=f"torch threads per worker (default: {defaults.torch_threads})",
+        default=defaults.threads,
+        help=f"inference threads per worker, PyTorch or OpenVINO (default: {defaults.threads})",
     )
     p.add_argument(
         "--batch-size",
@@ -79,9 +87,9 @@ def run_archive(args: argparse.Namespace, argv: list[str]) -> str:
 
     serving = ServingConfig(
         min_workers=args.workers, max_workers=args.workers, batch_size=args.batch_size,
-        max_batch_delay_ms=args.max_batch_delay, torch_threads=args.threads, max_image_pixels=args.max_image_pixels,
+        max_batch_delay_ms=args.max_batch_delay, threads=args.threads, max_image_pixels=args.max_image_pixels,
     )  # fmt: skip
-    built = build_archives(args.checkpoint, args.out, serving, args.version, args.prefix)
+    built = build_archives(args.checkpoint, args.out, serving, args.version, args.prefix, args.backend)
     return "wrote " + ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in built.values())
 
 

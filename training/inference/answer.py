@@ -15,7 +15,7 @@ from typing import Any
 
 from training.inference.classes import DEFECT_CLASSES
 from training.inference.serialize import OMIT_NONE
-from training.inference.variants import VARIANTS
+from training.inference.variants import BACKENDS, VARIANTS
 
 BBOX = "[x, y, width, height] in pixels; x to the right, y down, from the top-left corner"
 BBOX_MM = "the box in millimetres on the bed ([x, y, width, height] times the pitch); null when the pitch is unknown"
@@ -102,7 +102,7 @@ class Light:
 class ModelInfo:
     name: str = _info("the served model name")
     variant: str = _info("the registered variant", enum=[v.key for v in VARIANTS])
-    backend: str = _info("what runs the variant", enum=sorted({v.backend for v in VARIANTS}))
+    backend: str = _info("what runs the variant", enum=list(BACKENDS))
     version: str = _info("the archive's version")
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from training.inference import serialize
 from training.inference.classes import DEFECT_CLASSES
+from training.inference.variants import BACKENDS
 
 ENCODERS = ("mobilenet_v2",)
 # What the model sees (see `preprocess`), with the number of input channels of each.
@@ -53,6 +54,10 @@ class ModelConfig:
     pitch_um: float | None = None
     training: dict[str, Any] = field(default_factory=dict)  # data summary: folder, layers, label density, ...
     quantization: dict[str, Any] | None = None  # set by `quantize` for int8 variants
+    backend: str = "pytorch"  # what runs this model file (`variants.BACKENDS`)
+    # How `archive` chose the backend it serves: each candidate's latency on the machine that built the archive
+    # (`training.serving.archive.time_builds`); None in model files, and when the backend was chosen by hand.
+    backend_choice: dict[str, Any] | None = None
     # Each capture statistic's range over the training layers (`familiarity.statistics_range`), recorded at
     # training time; None for models trained before it was: serving then checks only the flagged share.
     input_ranges: dict[str, tuple[float, float]] | None = None
@@ -80,6 +85,8 @@ class ModelConfig:
             )
         if self.pitch_um is not None:
             check_pitch(self.pitch_um, "ModelConfig pitch_um")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown backend {self.backend!r}; choose from: {', '.join(BACKENDS)}")
         if self.tile_size % self.size_multiple:
             raise ValueError(f"tile size {self.tile_size} must be a multiple of {self.size_multiple}")
 

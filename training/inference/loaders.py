@@ -1,8 +1,9 @@
-"""Loaders of the registered variants (`variants.VARIANTS` names them): model files in, models ready for fast CPU
-inference out.
+"""Loaders of the registered variants' builds (`variants.VARIANTS` names them): model files in, models ready for
+fast CPU inference out, each a torch module taking a float32 batch (N, C, H, W).
 
-float32: eager in channels_last memory format (the fastest float row of `python -m bench model`). int8: the FX graph
-rebuilt from its ModelConfig and, when `quantize` measured it faster, traced and frozen as TorchScript.
+PyTorch float32: eager in channels_last memory format (the fastest PyTorch float row of `python -m bench model`).
+PyTorch int8: the FX graph rebuilt from its ModelConfig and, when `quantize` measured it faster, traced and frozen
+as TorchScript. OpenVINO (float32 or int8): the IR compiled for the CPU (`openvino_backend`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ class ChannelsLast(nn.Module):
         return self.model(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
-def float_channels_last(config: ModelConfig, state_dict: dict[str, Any]) -> nn.Module:
+def float_channels_last(config: ModelConfig, state_dict: dict[str, Any], threads: int) -> nn.Module:
     model = build_model(config)
     model.load_state_dict(state_dict)
     return ChannelsLast(model.eval()).eval()
 
 
-def static_int8(config: ModelConfig, state_dict: dict[str, Any]) -> nn.Module:
+def static_int8(config: ModelConfig, state_dict: dict[str, Any], threads: int) -> nn.Module:
     model = load_int8(config, state_dict)
     if config.quantization.get("frozen"):
         side = config.size_multiple * 2
@@ -44,9 +45,20 @@ def static_int8(config: ModelConfig, state_dict: dict[str, Any]) -> nn.Module:
     return model
 
 
-def read_model_file(path: Path) -> tuple[ModelConfig, dict[str, Any]]:
-    """(ModelConfig, state dict) of a model file written by `quantize` (or a checkpoint); no code runs."""
+def openvino_ir(config: ModelConfig, model: Any, threads: int) -> nn.Module:
+    from training.inference.openvino_backend import OpenVINOModel
+
+    return OpenVINOModel(model, threads).eval()
+
+
+def read_model_file(path: Path) -> tuple[ModelConfig, Any]:
+    """(ModelConfig, content) of a model file written by `quantize` (or a checkpoint): a state dict from a PyTorch
+    file, an OpenVINO model from an IR (.xml); no pickled code runs."""
     path = Path(path)
+    if path.suffix == ".xml":
+        from training.inference import openvino_backend
+
+        return openvino_backend.read(path)
     if not path.exists():
         raise FileNotFoundError(f"model file {path} not found")
     payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -55,9 +67,14 @@ def read_model_file(path: Path) -> tuple[ModelConfig, dict[str, Any]]:
     return ModelConfig.from_dict(payload["model_config"]), payload["state_dict"]
 
 
-def load_variant(path: Path, config: ModelConfig | None = None) -> tuple[ModelConfig, nn.Module]:
+def load_variant(
+    path: Path, config: ModelConfig | None = None, threads: int | None = None
+) -> tuple[ModelConfig, nn.Module]:
     """(config, model ready for inference) from a model file. `config` (an archive's model_config.json, which adds
-    the decision threshold) replaces the one stored beside the weights."""
-    stored, state_dict = read_model_file(path)
+    the decision threshold and the backend choice) replaces the one stored beside the weights; `threads`: the
+    backend's threads (default: torch's)."""
+    stored, payload = read_model_file(path)
     config = config or stored
-    return config, variant_of(config).load(config, state_dict)
+    if config.backend != stored.backend:
+        raise ValueError(f"{path} is a {stored.backend} model file, but its config names {config.backend}")
+    return config, variant_of(config).load(config, payload, threads or torch.get_num_threads())

@@ -1,7 +1,8 @@
-"""The registry of served variants: one entry per variant (its key, the model file `quantize` writes, the model
-name it is served under, the backend that runs it and the loader that makes it ready). Quantize, archive, serve,
-the benchmarks, the client's defaults and the page all read this table; adding a variant or a backend is one entry
-here (and its loader in `loaders`).
+"""The registry of served variants: one entry per variant (its key, the model name it is served under, and one
+build per backend that can run it: the model file `quantize` writes and the loader that makes it ready). `archive`
+times each variant's builds on the machine it runs on and packs the fastest. Quantize, archive, serve, the
+benchmarks, the client's defaults and the page all read this table; adding a variant or a backend is an entry here
+(and its loader in `loaders`).
 
 Nothing here imports torch: the factory client reads the model names without it.
 """
@@ -17,15 +18,35 @@ if TYPE_CHECKING:
     from training.inference.config import ModelConfig
 
 MODEL_PREFIX = "defect"  # served model names are <prefix>_<variant key>
+BACKENDS = ("pytorch", "openvino")  # what can run a variant; the one serving it is reported in every answer
+
+
+@dataclass(frozen=True)
+class Build:
+    """One way to run a variant."""
+
+    backend: str  # one of BACKENDS
+    file: str  # the model file `quantize` writes beside the checkpoint
+    loader: str  # the function of `training.inference.loaders` that makes it ready for inference
 
 
 @dataclass(frozen=True)
 class Variant:
     key: str  # "fp32", "int8"
     label: str  # for people: "float32"
-    file: str  # the model file `quantize` writes beside the checkpoint
-    backend: str  # what runs it, reported in every answer
-    loader: str  # the function of `training.inference.loaders` that makes it ready for inference
+    builds: tuple[Build, ...]  # one per backend
+
+    def build(self, backend: str) -> Build:
+        for b in self.builds:
+            if b.backend == backend:
+                return b
+        raise ValueError(
+            f"the {self.key} variant has no {backend!r} build; choose from: {', '.join(b.backend for b in self.builds)}"
+        )
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return tuple(b.file for b in self.builds)
 
     @property
     def model_name(self) -> str:
@@ -35,17 +56,24 @@ class Variant:
     def archive(self) -> str:
         return f"{self.model_name}.mar"
 
-    def load(self, config: ModelConfig, state_dict: dict[str, Any]) -> nn.Module:
-        """The model ready for inference (eval mode) from its ModelConfig and state dict."""
+    def load(self, config: ModelConfig, payload: Any, threads: int) -> nn.Module:
+        """The model ready for inference on `threads` threads from its ModelConfig (whose `backend` picks the
+        build) and the content of its model file (`loaders.read_model_file`)."""
         from training.inference import loaders
 
-        return getattr(loaders, self.loader)(config, state_dict)
+        return getattr(loaders, self.build(config.backend).loader)(config, payload, threads)
 
 
 VARIANTS: tuple[Variant, ...] = (
-    Variant("fp32", "float32", "model_fp32.pt", "pytorch", "float_channels_last"),
-    Variant("int8", "int8", "model_int8.pt", "pytorch", "static_int8"),
-)
+    Variant("fp32", "float32", (
+        Build("pytorch", "model_fp32.pt", "float_channels_last"),
+        Build("openvino", "model_fp32.xml", "openvino_ir"),
+    )),
+    Variant("int8", "int8", (
+        Build("pytorch", "model_int8.pt", "static_int8"),
+        Build("openvino", "model_int8.xml", "openvino_ir"),
+    )),
+)  # fmt: skip
 DEFAULT = "int8"  # what the client asks when told nothing: the fastest variant that agrees with fp32
 
 

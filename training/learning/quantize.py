@@ -1,10 +1,12 @@
-"""The `quantize` command: float32 and int8 state dicts from a trained checkpoint, with the int8 model's accuracy
-measured against the float model and against exact truth.
+"""The `quantize` command: every registered variant's model file for every backend, from a trained checkpoint,
+with each int8 model's accuracy measured against the float model and against exact truth.
 
-Writes into the output folder the model file of each registered variant (`variants.VARIANTS`: model_fp32.pt,
-model_int8.pt), each {model_config, state_dict} readable with `torch.load(..., weights_only=True)`, and
-`quantization.json` (settings, sizes, agreement at the threshold `evaluate` chose, read from decision.json): the
-`Quantization` result, which `training.reports.quantization` renders as Markdown.
+Writes into the output folder the model files of `variants.VARIANTS`: for PyTorch model_fp32.pt and model_int8.pt,
+each {model_config, state_dict} readable with `torch.load(..., weights_only=True)`; for OpenVINO model_fp32.xml
+(the float network converted) and model_int8.xml (NNCF's post-training quantization of it, calibrated on the same
+layers as PyTorch's int8), each with its .bin. Then `quantization.json` (settings, sizes, agreement at the
+threshold `evaluate` chose, read from decision.json): the `Quantization` result, which
+`training.reports.quantization` renders as Markdown. The checkpoint, what training makes, stays a state dict.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.inference import serialize
+from training.inference import openvino_backend, serialize
 from training.inference.config import Decision, ModelConfig
 from training.inference.images import write_json
+from training.inference.loaders import load_variant
 from training.inference.model import load_checkpoint, save_checkpoint, state_digest
 from training.inference.postprocess import Prediction, class_map, defect_mask
 from training.inference.quantization import (
@@ -55,9 +58,10 @@ class Quantization:
     sizes_bytes: dict[str, int]  # "fp32", "int8": bytes of each state dict
     engine_timings_ms: dict[str, dict[str, float]]  # engine -> eager_ms, frozen_ms; {} when chosen by hand
     calibration_sweep: list[dict[str, Any]]  # `calibration_sweep` rows; [] without --sweep
-    static_int8: dict[str, float]  # `agreement` of each int8 variant with float32
+    static_int8: dict[str, float]  # `agreement` of each int8 model with float32
     dynamic_int8: dict[str, float]
-    files: dict[str, str]  # variant key -> model file
+    openvino_int8: dict[str, float]
+    files: dict[str, dict[str, str]]  # variant key -> backend -> model file
 
     def to_dict(self) -> dict[str, Any]:
         return serialize.to_dict(self)
@@ -121,6 +125,15 @@ def _size(state_dict: dict[str, torch.Tensor]) -> int:
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
     return len(buffer.getvalue())
+
+
+def _ir_size(path: Path) -> int:
+    return path.stat().st_size + path.with_suffix(".bin").stat().st_size
+
+
+def load_build(path: Path) -> torch.nn.Module:
+    """A model file as it is served, on torch's threads."""
+    return load_variant(path)[1]
 
 
 def _median_ms(model: torch.nn.Module, x: torch.Tensor, runs: int = 7) -> float:
@@ -222,14 +235,31 @@ def quantize_checkpoint(
             "frozen": not engines or engines[settings.engine]["frozen_ms"] <= engines[settings.engine]["eager_ms"],
         }
     )
-    files = {v.key: out_dir / v.file for v in VARIANTS}
-    save_checkpoint(files["fp32"], config, model.state_dict())
-    save_checkpoint(files["int8"], int8_config, int8.state_dict())
-    reloaded = load_int8(int8_config, torch.load(files["int8"], weights_only=True)["state_dict"])
+    files = {v.key: {b.backend: out_dir / b.file for b in v.builds} for v in VARIANTS}
+    save_checkpoint(files["fp32"]["pytorch"], config, model.state_dict())
+    save_checkpoint(files["int8"]["pytorch"], int8_config, int8.state_dict())
+    reloaded = load_int8(int8_config, torch.load(files["int8"]["pytorch"], weights_only=True)["state_dict"])
     probe = calibration[0]
     with torch.no_grad():
         if not torch.equal(reloaded(probe), int8(probe)):
             raise RuntimeError("the reloaded int8 model differs from the converted one: refusing to keep it")
+
+    started = time.perf_counter()
+    converted = openvino_backend.convert(model, config)
+    digest = int8_config.quantization["source_digest"]
+    openvino_backend.save(converted, config.replace(backend="openvino"), files["fp32"]["openvino"], digest)
+    openvino_int8 = openvino_backend.quantize(converted, calibration, settings)
+    openvino_config = config.replace(
+        backend="openvino",
+        quantization={
+            "settings": settings.to_dict(),  # the calibration count and float modules; engine and observer are torch's
+            "tool": f"nncf {openvino_backend.nncf_version()}",
+            "calibration": int8_config.quantization["calibration"],
+            "source_digest": digest,
+        },
+    )
+    openvino_backend.save(openvino_int8, openvino_config, files["int8"]["openvino"], digest)
+    log.info("OpenVINO float32 and int8 (NNCF) written in %.1f s", time.perf_counter() - started)
 
     records = load_split(data_dir, split, "heuristic")
     float_predictions = predict_layers(model, [r.stack for r in records], config)
@@ -241,7 +271,11 @@ def quantize_checkpoint(
         split=split,
         layers=len(records),
         threshold=threshold,
-        sizes_bytes={"fp32": _size(model.state_dict()), "int8": _size(int8.state_dict())},
+        sizes_bytes={
+            "fp32": _size(model.state_dict()),
+            "int8": _size(int8.state_dict()),
+            **{f"openvino {key}": _ir_size(files[key]["openvino"]) for key in ("fp32", "int8")},
+        },
         engine_timings_ms=engines,
         calibration_sweep=sweep_rows,
         static_int8=agreement(
@@ -253,7 +287,13 @@ def quantize_checkpoint(
             records,
             threshold,
         ),
-        files={key: str(path) for key, path in files.items()},
+        openvino_int8=agreement(
+            float_predictions,
+            predict_layers(load_build(files["int8"]["openvino"]), [r.stack for r in records], config),
+            records,
+            threshold,
+        ),
+        files={key: {backend: str(path) for backend, path in paths.items()} for key, paths in files.items()},
     )
     write_json(out_dir / "quantization.json", result.to_dict())
     return result

@@ -40,7 +40,7 @@ def render(result: Reliability, command: str, cpu: dict[str, Any]) -> str:
         "```",
         "",
         f"Machine: {cpu.get('model', 'unknown CPU')}, {cpu.get('cores')} cores. TorchServe with the repository's "
-        f"config.properties and the archives' default settings (one worker per variant, one torch thread), on "
+        f"config.properties and the archives' default settings (one worker per variant, one inference thread), on "
         f"loopback; synthetic {result.size}x{result.size} layers (three 8-bit PNGs) sent by the factory client "
         "(`client.DefectClient`, retries on connection errors and 503/507), one HTTP session per thread. Memory is the "
         "resident set of the Java frontend and of the Python workers, after a warm-up and after the load.",

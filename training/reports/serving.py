@@ -48,7 +48,7 @@ def _speedups(rows: list[dict]) -> list[str]:
 def render(result: ServingBench, figure: str) -> str:
     """The Markdown of the report, which shows the figure named `figure` (a file beside it)."""
     cpu = result.cpu
-    threads = sorted({r["torch_threads"] for r in result.rows})
+    threads = sorted({r["threads"] for r in result.rows})
     return "\n".join(
         [
             "# Serving latency: one request at a time over HTTP, beside the model alone",
@@ -61,7 +61,7 @@ def render(result: ServingBench, figure: str) -> str:
             "",
             f"Machine: {cpu.get('model', 'unknown CPU')}, {cpu.get('cores')} cores visible; torch {cpu.get('torch')}. "
             f"A real TorchServe on loopback with the archives of the model store, one worker per variant with "
-            f"{', '.join(map(str, threads))} torch thread(s), as `config.properties` and the archives set it; one synthetic "
+            f"{', '.join(map(str, threads))} inference thread(s), as `config.properties` and the archives set it; one synthetic "
             f"layer (three 8-bit PNGs) per size, {result.repeat} requests per row after two warm-up requests. "
             "'model only' is the same archive's model, loaded as the worker loads it and with the same threads, "
             "running the same layer through the same tiled inference in one process after the server stopped. "

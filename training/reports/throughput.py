@@ -43,7 +43,7 @@ def render(result: Throughput, size: int) -> str:
         result.command,
         "```",
         "",
-        "Each row is one TorchServe setting (archives rebuilt with that batchSize, workers and torch threads per "
+        "Each row is one TorchServe setting (archives rebuilt with that batchSize, workers and inference threads per "
         f"worker, so workers x threads = the {_cores(result.rows)} cores); each cell sends the same synthetic layers through the factory "
         "client at that concurrency; 'model alone' is the same weights with the same threads in one process.",
         "",

@@ -17,19 +17,25 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
 
 from handler.settings import ServingConfig
+from training.inference import openvino_backend
 from training.inference.config import Decision, ModelConfig
 from training.inference.images import write_json
+from training.inference.loaders import load_variant, read_model_file
 from training.inference.model import state_digest
-from training.inference.variants import MODEL_PREFIX, VARIANTS
+from training.inference.variants import BACKENDS, MODEL_PREFIX, VARIANTS
+from training.serving.timing import cpu_model, measure_alternating
 
 log = logging.getLogger(__name__)
 
+AUTO = "auto"  # serve each variant on the backend measured fastest when the archive is built
 ROOT = Path(__file__).resolve().parents[2]
 HANDLER = ROOT / "handler" / "defect_handler.py"
 # What a worker imports, packed whole: (source folder, where it goes in the archive).
@@ -49,29 +55,73 @@ def stage_packages(stage: Path) -> list[Path]:
     return sorted(p.relative_to(stage) for p in stage.rglob("*") if p.is_file())
 
 
-def _load(path: Path) -> dict:
+def _read(path: Path) -> tuple[ModelConfig, Any]:
     if not path.exists():
         raise FileNotFoundError(
             f"{path} not found: run `python -m training quantize --checkpoint {path.parent / 'checkpoint.pt'}` first"
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_model_file(path)
 
 
-def served_configs(checkpoint: Path) -> dict[str, tuple[Path, ModelConfig]]:
-    """Per registered variant: its model file beside the checkpoint, checked to come from the checkpoint's
-    weights, and the ModelConfig it is served with (its own, with the threshold `evaluate` chose)."""
+def _origin(config: ModelConfig, payload: Any) -> str:
+    """The digest of the checkpoint weights a model file was made from."""
+    if config.quantization:
+        return config.quantization["source_digest"]
+    if config.backend == "openvino":
+        return openvino_backend.source_digest(payload)
+    return state_digest(payload)
+
+
+def time_builds(files: dict[str, Path], threads: int, repeat: int = 10, max_seconds: float = 5.0) -> dict[str, Any]:
+    """Latency of each backend's build of one variant (`files`: backend -> model file) on one tile, as the handler
+    runs it on `threads` threads, the builds taking turns; recorded in the served ModelConfig's backend_choice."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        models = {backend: load_variant(path, threads=threads) for backend, path in files.items()}
+        config = next(iter(models.values()))[0]
+        x = torch.randn(
+            1, config.in_channels, config.tile_size, config.tile_size, generator=torch.Generator().manual_seed(0)
+        )
+        with torch.inference_mode():
+            timings = measure_alternating(
+                {b: partial(model, x) for b, (_, model) in models.items()}, repeat, max_seconds
+            )
+    finally:
+        torch.set_num_threads(previous)
+    return {"input": list(x.shape), "threads": threads, "cpu": cpu_model(), "ms": timings}
+
+
+def served_configs(
+    checkpoint: Path, backend: str = AUTO, threads: int = ServingConfig().threads
+) -> dict[str, tuple[Path, ModelConfig]]:
+    """Per registered variant: the model file it is served from and the ModelConfig it is served with (its own,
+    with the threshold `evaluate` chose). Every model file is checked to come from the checkpoint's weights. With
+    `backend` AUTO each variant's builds are timed here on `threads` threads (`time_builds`) and the fastest is
+    served, the measurement recorded in the config; else the named backend serves every variant."""
+    if backend != AUTO and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from: {AUTO}, {', '.join(BACKENDS)}")
     checkpoint = Path(checkpoint)
-    digest = state_digest(_load(checkpoint)["state_dict"])
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"checkpoint {checkpoint} not found")
+    digest = state_digest(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
     decision = Decision.read(checkpoint, digest)
-    files = {v.key: checkpoint.parent / v.file for v in VARIANTS}
-    payloads = {key: _load(path) for key, path in files.items()}  # every file present before any is judged
+    files = {v.key: {b.backend: checkpoint.parent / b.file for b in v.builds} for v in VARIANTS}
+    stored = {key: {b: _read(path) for b, path in paths.items()} for key, paths in files.items()}  # every file first
+    for key, builds in stored.items():
+        for b, (config, payload) in builds.items():
+            if _origin(config, payload) != digest:
+                raise ValueError(f"{files[key][b]} was not made from {checkpoint} (weights differ): run quantize again")
     served = {}
-    for key, payload in payloads.items():
-        stored = ModelConfig.from_dict(payload["model_config"])
-        origin = stored.quantization["source_digest"] if stored.quantization else state_digest(payload["state_dict"])
-        if origin != digest:
-            raise ValueError(f"{files[key]} was not made from {checkpoint} (weights differ): run quantize again")
-        served[key] = (files[key], stored.with_decision(decision))
+    for key, paths in files.items():
+        choice = None
+        chosen = backend
+        if backend == AUTO:
+            choice = time_builds(paths, threads)
+            chosen = min(choice["ms"], key=lambda b: choice["ms"][b]["median_ms"])
+            log.info("%s: %s", key, ", ".join(f"{b} {t['median_ms']:.1f} ms" for b, t in choice["ms"].items()))
+        config = stored[key][chosen][0].with_decision(decision).replace(backend_choice=choice)
+        served[key] = (paths[chosen], config)
     return served
 
 
@@ -94,6 +144,8 @@ def build_archive(
         stage = tmp / "stage"
         stage_packages(stage)
         write_json(stage / "model_config.json", config.to_dict())
+        if config.backend == "openvino":  # the IR's weights go beside its xml, the serialized file
+            shutil.copy2(Path(weights).with_suffix(".bin"), stage / Path(weights).with_suffix(".bin").name)
         yaml_path = tmp / "model-config.yaml"
         yaml_path.write_text(yaml.safe_dump(serving.to_yaml_dict(), sort_keys=False))
         export = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))  # same file system: the rename is atomic
@@ -123,10 +175,11 @@ def build_archives(
     serving: ServingConfig = ServingConfig(),
     version: str = "1.0",
     prefix: str = MODEL_PREFIX,
+    backend: str = AUTO,
 ) -> dict[str, Path]:
     """An archive per registered variant (<prefix>_<key>.mar) from the model files `quantize` wrote beside the
-    checkpoint and the threshold `evaluate` wrote there."""
+    checkpoint and the threshold `evaluate` wrote there, each on `backend` (AUTO: the fastest measured here)."""
     return {
         key: build_archive(weights, config, out_dir, f"{prefix}_{key}", serving, version)
-        for key, (weights, config) in served_configs(checkpoint).items()
+        for key, (weights, config) in served_configs(checkpoint, backend, serving.threads).items()
     }
