@@ -20,7 +20,7 @@ def command_line(argv: list[str]) -> str:
 def add_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "model",
-        help="latency of float, int8 and ONNX Runtime variants side by side; writes docs/benchmarks.md",
+        help="latency and accuracy of PyTorch, OpenVINO and ONNX Runtime variants side by side; writes docs/benchmarks.md",
         description="Time every inference variant in one run on the same inputs (warm-up, then median and p90), "
         "model file sizes and one full layer through tiled inference.",
     )
@@ -46,6 +46,12 @@ def add_model(sub: argparse._SubParsersAction) -> None:
         help="side of the full layer run through tiled inference (default: 2048)",
     )
     p.add_argument(
+        "--prototype",
+        type=Path,
+        help="checkpoint.pt of the prototype's network (smp's default decoder, --decoder 256,128,64,32,16) trained "
+        "and evaluated on the same data: its accuracy beside its latency (default: untrained, latency only)",
+    )
+    p.add_argument(
         "--report", type=Path, default=Path("docs/benchmarks.md"), help="Markdown report (default: docs/benchmarks.md)"
     )
     p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
@@ -66,7 +72,7 @@ def run_model(args: argparse.Namespace, argv: list[str]) -> str:
         raise ValueError("bench needs --checkpoint (or --from-json to rewrite a report from an earlier run)")
     result = bench(
         args.checkpoint, ints(args.sizes), ints(args.batch), ints(args.threads), args.repeat, args.max_seconds,
-        args.layer_size, command=command_line(argv),
+        args.layer_size, command=command_line(argv), prototype=args.prototype,
     )  # fmt: skip
     write_report(result, args.report)
     if args.json:

@@ -1,14 +1,19 @@
 """The `bench` command: latency of every inference variant side by side, in one run on the same inputs.
 
 Rows: float eager; float channels_last; float traced and frozen (TorchScript); dynamic int8; static int8 (FX);
-static int8 traced and frozen; ONNX Runtime float and static int8 (QDQ), the peer a user would pick instead.
-Warm-up first, then the median and p90 of the repeats. Also model file sizes, one full layer through tiled
-inference, and the served path of one tile-sized layer with the class head beside a binary head (`served_heads`).
-Ratios are what to quote: absolute times depend on the machine and on what else runs on it.
+static int8 traced and frozen; OpenVINO float and int8 (NNCF post-training quantization on the same calibration
+layers), the other served backend; ONNX Runtime float and static int8 (QDQ); and the prototype's network (smp's
+default decoder) on OpenVINO, float and int8, the fastest way to run the network we grew from. Warm-up first, then
+the median and p90 of the repeats; each row's multiply-accumulates per second beside this machine's peaks, measured
+by a matrix-product microbenchmark (`measured_peaks`). Each model's agreement with float32 and F1 against exact
+truth on the test layers (`accuracy`). Also model file sizes, one full layer through tiled inference, and the
+served path of one tile-sized layer with the class head beside a binary head (`served_heads`). Ratios are what to
+quote: absolute times depend on the machine and on what else runs on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -25,19 +30,22 @@ import numpy as np
 import torch
 
 from handler.settings import ServingConfig
-from training.inference import serialize
+from training.inference import openvino_backend, serialize
 from training.inference.classes import DEFECT_CLASSES
-from training.inference.config import Decision, ModelConfig
+from training.inference.config import SMP_DECODER, Decision, ModelConfig
 from training.inference.familiarity import assess
 from training.inference.images import write_json
 from training.inference.loaders import ChannelsLast
 from training.inference.model import build_model, load_checkpoint, state_digest
+from training.inference.openvino_backend import OpenVINOModel
 from training.inference.postprocess import Prediction, detect
 from training.inference.quantization import QuantizationConfig, freeze, load_int8, quantize_dynamic, quantize_static
-from training.inference.tiling import predict_tiled
+from training.inference.tiling import predict_layers, predict_tiled
+from training.inference.variants import variant as registered
 from training.learning.dataset import load_split
-from training.learning.quantize import calibration_inputs
+from training.learning.quantize import agreement, calibration_inputs
 from training.learning.validation import VALIDATION_THRESHOLD
+from training.reports.benchmarks import BUILD_ROWS, INT8_ROWS, PROTOTYPE_ROWS
 from training.serving.timing import measure, measure_alternating
 
 log = logging.getLogger(__name__)
@@ -51,11 +59,13 @@ class Benchmark:
     command: str
     checkpoint: str
     cpu: dict[str, Any]  # `cpu_description()`
-    rows: list[dict[str, Any]]  # variant, size, batch, threads and `measure`'s median_ms, p90_ms, runs
+    rows: list[dict[str, Any]]  # variant, size, batch, threads, precision, gmac and `measure`'s median_ms, p90_ms, runs
     sizes_bytes: dict[str, int]  # model file -> bytes
     tiled_layer: dict[str, Any]  # size, tile, threads, and ms per variant of one full layer
     gmac_512: float  # convolution GMAC of one 512 x 512 frame
     heads: list[dict[str, Any]] = field(default_factory=list)  # `served_heads` rows; [] before them
+    peaks: dict[str, dict[str, float]] = field(default_factory=dict)  # `measured_peaks`; {} before them
+    accuracy: dict[str, dict[str, Any]] = field(default_factory=dict)  # `accuracy`; {} before it
 
     def to_dict(self) -> dict[str, Any]:
         return serialize.to_dict(self)
@@ -85,14 +95,12 @@ def conv_macs(model: torch.nn.Module, size: int) -> int:
 
 
 def cpu_description() -> dict[str, Any]:
-    """What this CPU is and an estimate of its int8 multiply-accumulate peak (from /proc/cpuinfo)."""
+    """What this CPU is (from /proc/cpuinfo) and the versions of the runtimes measured; its peaks are measured
+    (`measured_peaks`), not derived from the clock."""
     info: dict[str, Any] = {"machine": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
+    for package in ("onnxruntime", "openvino"):
+        with contextlib.suppress(ImportError):
+            info[package] = __import__(package).__version__
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         text = cpuinfo.read_text()
@@ -102,15 +110,100 @@ def cpu_description() -> dict[str, Any]:
         flags = set(lines.get("flags", "").split())
         info["avx512_vnni"] = "avx512_vnni" in flags
         info["amx_int8"] = "amx_int8" in flags
-        mhz = float(lines.get("cpu MHz", "0") or 0)
-        info["mhz"] = mhz
-        if info["avx512_vnni"] and mhz:
-            # VPDPBUSD: 64 int8 multiply-accumulates per 512-bit instruction, two FMA ports per core.
-            info["vnni_peak_gmacs"] = round(2 * 64 * mhz / 1e3 * (os.cpu_count() or 1), 1)
-        if "avx512f" in flags and mhz:
-            # VFMADD on 512-bit registers: 16 fp32 multiply-accumulates per instruction, two FMA ports per core.
-            info["fp32_peak_gmacs"] = round(2 * 16 * mhz / 1e3 * (os.cpu_count() or 1), 1)
+        info["mhz"] = float(lines.get("cpu MHz", "0") or 0)
     return info
+
+
+def measured_peaks(threads: list[int], side: int = 2048, repeat: int = 5) -> dict[str, dict[str, float]]:
+    """Multiply-accumulates per second (GMAC/s) this machine reaches in one large matrix product, per thread count:
+    float32 through torch.mm (oneMKL's SGEMM) and int8 through a quantized Linear on fbgemm (u8 x s8 dot products,
+    VNNI where the CPU has it), the best of `repeat` runs. Convolutions reach a share of these; the clock-derived
+    figures of `cpu_description` are upper bounds no kernel meets."""
+    import torch.ao.nn.quantized as nnq
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(side, side, generator=generator), torch.randn(side, side, generator=generator)
+    engine = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "fbgemm" if "fbgemm" in torch.backends.quantized.supported_engines else engine
+    linear = nnq.Linear(side, side)
+    linear.set_weight_bias(
+        torch.quantize_per_tensor(torch.randn(side, side, generator=generator), 0.05, 0, torch.qint8), None
+    )
+    x = torch.quantize_per_tensor(torch.rand(side, side, generator=generator), 0.01, 0, torch.quint8)
+    macs = side**3 / 1e9
+    peaks: dict[str, dict[str, float]] = {"fp32": {}, "int8": {}}
+    previous = torch.get_num_threads()
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            for precision, run in (("fp32", partial(torch.mm, a, b)), ("int8", partial(linear, x))):
+                run()
+                best = min(_seconds(run) for _ in range(repeat))
+                peaks[precision][str(n)] = round(macs / best, 1)
+    finally:
+        torch.set_num_threads(previous)
+        torch.backends.quantized.engine = engine
+    log.info("measured peaks (GMAC/s): %s", peaks)
+    return peaks
+
+
+def _seconds(run: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+class OnnxModel(torch.nn.Module):
+    """An ONNX Runtime session behind torch's module interface, for tiled inference."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        super().__init__()
+        self.session = _ort_session(path, threads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"input": x.numpy()})[0])
+
+
+def _openvino_models(
+    checkpoint: Path, model: torch.nn.Module, config: ModelConfig, calibration: list[torch.Tensor],
+    settings: QuantizationConfig,
+) -> tuple[Any, Any]:  # fmt: skip
+    """The OpenVINO float and int8 models `quantize` wrote beside this very checkpoint, or fresh ones (int8 by NNCF on
+    the same calibration layers as the PyTorch int8)."""
+    folder, digest = Path(checkpoint).parent, state_digest(model.state_dict())
+    files = [folder / registered(key).build("openvino").file for key in ("fp32", "int8")]
+    if all(f.exists() for f in files):
+        read = [openvino_backend.read(f)[1] for f in files]
+        if all(openvino_backend.source_digest(m) == digest for m in read):
+            log.info("using %s and %s", *files)
+            return read[0], read[1]
+        log.warning("%s were made from other weights than %s: converting afresh", files, checkpoint)
+    converted = openvino_backend.convert(model, config)
+    return converted, openvino_backend.quantize(openvino_backend.convert(model, config), calibration, settings)
+
+
+def _prototype_network(
+    prototype: Path | None, config: ModelConfig, calibration: list[torch.Tensor], settings: QuantizationConfig
+) -> tuple[ModelConfig, torch.nn.Module, Any, Any]:
+    """The prototype's network (smp's default decoder) with our input and head: a trained checkpoint of it when
+    given, else untrained weights (latency does not depend on them, accuracy then is not measured); its OpenVINO
+    float and NNCF int8 models."""
+    if prototype is not None:
+        proto_config, net, _ = load_checkpoint(prototype)
+        if proto_config.decoder_channels != SMP_DECODER:
+            raise ValueError(
+                f"{prototype} has decoder {proto_config.decoder_channels}, not smp's default {SMP_DECODER}"
+            )
+    else:
+        proto_config = config.replace(decoder_channels=SMP_DECODER)
+        net = build_model(proto_config).eval()
+    converted = openvino_backend.convert(net, proto_config)
+    return (
+        proto_config,
+        net,
+        converted,
+        openvino_backend.quantize(openvino_backend.convert(net, proto_config), calibration, settings),
+    )
 
 
 def _onnx_models(model: torch.nn.Module, calibration: list[torch.Tensor], folder: Path) -> tuple[Path, Path]:
@@ -164,6 +257,29 @@ def _int8_model(checkpoint: Path, model: torch.nn.Module, records: list, config:
     return quantize_static(model, calibration, settings), calibration, settings
 
 
+OPENVINO_FP32, OPENVINO_INT8 = BUILD_ROWS["fp32"]["openvino"], BUILD_ROWS["int8"]["openvino"]
+PROTOTYPE_FP32, PROTOTYPE_INT8 = PROTOTYPE_ROWS["fp32"], PROTOTYPE_ROWS["int8"]
+
+
+def _threshold(checkpoint: Path, model: torch.nn.Module) -> float:
+    try:
+        return Decision.read(checkpoint, state_digest(model.state_dict())).threshold
+    except FileNotFoundError:  # not evaluated yet: the threshold training validated at
+        return VALIDATION_THRESHOLD
+
+
+def accuracy(
+    reference: torch.nn.Module, models: dict[str, torch.nn.Module], config: ModelConfig, records: list,
+    threshold: float,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each model's `agreement` with `reference` (its float32) on `records` at `threshold`: mask IoU, decision
+    agreement and, with truth, F1 against it ("f1_float" is the reference's, "f1_int8" the model's)."""
+    stacks = [r.stack for r in records]
+    float_predictions = predict_layers(reference, stacks, config)
+    return {name: agreement(float_predictions, predict_layers(net, stacks, config), records, threshold)
+            for name, net in models.items()}  # fmt: skip
+
+
 def bench(
     checkpoint: Path,
     sizes: list[int],
@@ -174,22 +290,33 @@ def bench(
     layer_size: int = 2048,
     calibration: int = 8,
     command: str = "",
+    prototype: Path | None = None,
 ) -> Benchmark:
     config, model, _ = load_checkpoint(checkpoint)
-    records = load_split(Path(config.training.get("data", "")), "train", "heuristic")
+    data = Path(config.training.get("data", ""))
+    records = load_split(data, "train", "heuristic")
     int8, calib, settings = _int8_model(checkpoint, model, records, config, calibration)
+    ov_fp32, ov_int8 = _openvino_models(checkpoint, model, config, calib, settings)
+    proto_config, proto, proto_fp32, proto_int8 = _prototype_network(prototype, config, calib, settings)
     dynamic = quantize_dynamic(model)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     onnx_fp32, onnx_int8 = _onnx_models(model, calib, work)
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(model.state_dict(), Path(tmp) / "f.pt")
         torch.save(int8.state_dict(), Path(tmp) / "q.pt")
+        for name, ov_model in (("f", ov_fp32), ("q", ov_int8)):
+            openvino_backend.save(ov_model, config, Path(tmp) / f"{name}.xml", "")
+        ir = {name: sum((Path(tmp) / f"{name}{s}").stat().st_size for s in (".xml", ".bin")) for name in ("f", "q")}
         sizes_bytes = {
             "fp32 state dict": (Path(tmp) / "f.pt").stat().st_size,
             "int8 state dict": (Path(tmp) / "q.pt").stat().st_size,
+            "OpenVINO fp32 IR": ir["f"],
+            "OpenVINO int8 IR": ir["q"],
             "ONNX fp32": onnx_fp32.stat().st_size,
             "ONNX int8 (QDQ)": onnx_int8.stat().st_size,
         }
+    gmac = {size: conv_macs(model, size) / 1e9 for size in sizes}
+    proto_gmac = {size: conv_macs(proto, size) / 1e9 for size in sizes}
     rows = []
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(0)
@@ -212,39 +339,56 @@ def bench(
                 feed = {"input": x.numpy()}
                 runs = {
                     **variants,
+                    OPENVINO_FP32: partial(OpenVINOModel(ov_fp32, n_threads), x),
+                    OPENVINO_INT8: partial(OpenVINOModel(ov_int8, n_threads), x),
                     "ONNX Runtime fp32": partial(_ort_session(onnx_fp32, n_threads).run, None, feed),
                     "ONNX Runtime int8 (QDQ)": partial(_ort_session(onnx_int8, n_threads).run, None, feed),
+                    PROTOTYPE_FP32: partial(OpenVINOModel(proto_fp32, n_threads), x),
+                    PROTOTYPE_INT8: partial(OpenVINOModel(proto_int8, n_threads), x),
                 }
                 for name, run in runs.items():
                     with torch.inference_mode():
                         timing = measure(run, repeat, max_seconds)
-                    rows.append({"variant": name, "size": size, "batch": batch, "threads": n_threads, **timing})
-                    log.info(
-                        "%-26s %4d px  batch %d  %d threads: %8.1f ms (p90 %.1f)",
-                        name,
-                        size,
-                        batch,
-                        n_threads,
-                        timing["median_ms"],
-                        timing["p90_ms"],
-                    )
+                    network = proto_gmac if name in (PROTOTYPE_FP32, PROTOTYPE_INT8) else gmac
+                    rows.append({"variant": name, "size": size, "batch": batch, "threads": n_threads,
+                                 "precision": "int8" if name in INT8_ROWS else "fp32",
+                                 "gmac": round(network[size] * batch, 3), **timing})  # fmt: skip
+                    log.info("%-40s %4d px  batch %d  %d threads: %8.1f ms (p90 %.1f)", name, size, batch, n_threads,
+                             timing["median_ms"], timing["p90_ms"])  # fmt: skip
 
     torch.set_num_threads(max(threads))
     layer = np.random.default_rng(0).integers(0, 255, (layer_size, layer_size, 3), dtype=np.uint8)
     example = torch.zeros(1, config.in_channels, config.tile_size, config.tile_size)
     tiled = {}
-    for name, net in (("fp32 eager", model), ("static int8 FX frozen", freeze(int8, example))):
+    for name, net in (
+        ("fp32 eager", model),
+        ("static int8 FX frozen", freeze(int8, example)),
+        (OPENVINO_FP32, OpenVINOModel(ov_fp32, max(threads))),
+        (OPENVINO_INT8, OpenVINOModel(ov_int8, max(threads))),
+    ):
+        predict_tiled(net, layer[: config.tile_size, : config.tile_size], config)  # warm-up: OpenVINO's first shapes
         t0 = time.perf_counter()
         predict_tiled(net, layer, config)
         tiled[name] = (time.perf_counter() - t0) * 1e3
-    macs = conv_macs(model, 512)
     tiled_layer = {"size": layer_size, "tile": config.tile_size, "threads": max(threads), "ms": tiled}
-    try:
-        threshold = Decision.read(checkpoint, state_digest(model.state_dict())).threshold
-    except FileNotFoundError:  # not evaluated yet: the threshold training validated at
-        threshold = VALIDATION_THRESHOLD
+    threshold = _threshold(checkpoint, model)
+    test = load_split(data, "test", "heuristic")
+    agreements = accuracy(model, {
+        "fp32 channels_last": ChannelsLast(copy.deepcopy(model)),
+        "static int8 FX frozen": freeze(int8, example),
+        "dynamic int8 (prototype)": dynamic,
+        OPENVINO_FP32: OpenVINOModel(ov_fp32, max(threads)),
+        OPENVINO_INT8: OpenVINOModel(ov_int8, max(threads)),
+        "ONNX Runtime fp32": OnnxModel(onnx_fp32, max(threads)),
+        "ONNX Runtime int8 (QDQ)": OnnxModel(onnx_int8, max(threads)),
+    }, config, test, threshold)  # fmt: skip
+    if prototype is not None:  # a trained prototype network: its own float32 is its reference, at its threshold
+        agreements.update(accuracy(proto, {PROTOTYPE_INT8: OpenVINOModel(proto_int8, max(threads))}, proto_config,
+                                   test, _threshold(prototype, proto)))  # fmt: skip
+    peaks = measured_peaks(threads)
     heads = served_heads(config, model, records[0].stack, calib, settings, threshold, repeat, max_seconds)
-    return Benchmark(command, str(checkpoint), cpu_description(), rows, sizes_bytes, tiled_layer, macs / 1e9, heads)
+    return Benchmark(command, str(checkpoint), cpu_description(), rows, sizes_bytes, tiled_layer,
+                     conv_macs(model, 512) / 1e9, heads, peaks, agreements)  # fmt: skip
 
 
 def head_configs(config: ModelConfig) -> dict[str, ModelConfig]:

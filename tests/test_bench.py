@@ -49,7 +49,14 @@ def test_bench_command_writes_the_report(tiny_run, tmp_path, repo_root):
     assert result.returncode == 0, result.stderr[-3000:]
     raw = json.loads((tmp_path / "bench.json").read_text())
     variants = {r["variant"] for r in raw["rows"]}
-    assert {"fp32 eager", "static int8 FX frozen", "ONNX Runtime int8 (QDQ)", "dynamic int8 (prototype)"} <= variants
+    assert {"fp32 eager", "static int8 FX frozen", "ONNX Runtime int8 (QDQ)", "dynamic int8 (prototype)", "OpenVINO fp32",
+            "OpenVINO int8 (NNCF)", "prototype network, OpenVINO int8 (NNCF)"} <= variants  # fmt: skip
+    assert all(r["gmac"] > 0 and r["precision"] in ("fp32", "int8") for r in raw["rows"])
+    assert all(raw["peaks"][p]["1"] > 0 for p in ("fp32", "int8"))
+    accuracy = raw["accuracy"]
+    assert set(accuracy) >= {"OpenVINO fp32", "OpenVINO int8 (NNCF)", "static int8 FX frozen"}
+    assert accuracy["OpenVINO fp32"]["mask_iou"] > 0.999  # the same weights
+    assert set(raw["tiled_layer"]["ms"]) >= {"OpenVINO int8 (NNCF)", "static int8 FX frozen"}
     heads = {(r["variant"], r["head"]) for r in raw["heads"]}
     assert heads == {(v, h) for v in ("fp32 channels_last", "static int8 FX frozen") for h in ("class", "binary")}
     assert all(r["runs"] == 3 and 0 < r["median_ms"] <= r["p90_ms"] for r in raw["heads"])

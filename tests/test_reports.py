@@ -11,21 +11,27 @@ from client.ab_report import ABReport
 from training.reports import ab, benchmarks, reliability, serving, throughput
 from training.reports.provenance import source_commit
 
-CPU = {"model": "Test CPU", "cores": 2, "torch": "2.x", "onnxruntime": "1.x", "avx512_vnni": True, "amx_int8": False,
-       "mhz": 2000.0, "vnni_peak_gmacs": 512.0}  # fmt: skip
+CPU = {"model": "Test CPU", "cores": 2, "torch": "2.x", "onnxruntime": "1.x", "openvino": "2026.x", "avx512_vnni": True,
+       "amx_int8": False, "mhz": 2000.0}  # fmt: skip
 
 
 def bench_result() -> Benchmark:
-    times = {"fp32 eager": 120.0, "fp32 channels_last": 80.0, "static int8 FX frozen": 20.0,
-             "ONNX Runtime int8 (QDQ)": 30.0}  # fmt: skip
-    rows = [{"variant": v, "size": 512, "batch": 1, "threads": 2, "median_ms": ms, "p90_ms": ms + 1, "runs": 3}
+    times = {"fp32 eager": 120.0, "fp32 channels_last": 80.0, "static int8 FX frozen": 20.0, "OpenVINO fp32": 50.0,
+             "OpenVINO int8 (NNCF)": 16.0, "ONNX Runtime int8 (QDQ)": 30.0, "prototype network, OpenVINO fp32": 150.0,
+             "prototype network, OpenVINO int8 (NNCF)": 40.0}  # fmt: skip
+    rows = [{"variant": v, "size": 512, "batch": 1, "threads": 2, "median_ms": ms, "p90_ms": ms + 1, "runs": 3,
+             "precision": "int8" if "int8" in v else "fp32", "gmac": 13.4 if "prototype" in v else 4.0}
             for v, ms in times.items()]  # fmt: skip
     sizes = {"fp32 state dict": 8_000_000, "int8 state dict": 2_000_000}
-    tiled = {"size": 1024, "tile": 512, "threads": 2, "ms": {"fp32 eager": 900.0}}
+    tiled = {"size": 2048, "tile": 512, "threads": 2, "ms": {"fp32 eager": 9000.0, "OpenVINO int8 (NNCF)": 450.0}}
     heads = [{"variant": v, "head": h, "size": 512, "threads": 2, "median_ms": ms, "p90_ms": ms + 2, "runs": 20}
              for v, h, ms in (("fp32 channels_last", "class", 84.0), ("fp32 channels_last", "binary", 80.0),
                               ("static int8 FX frozen", "class", 22.0), ("static int8 FX frozen", "binary", 20.0))]  # fmt: skip
-    return Benchmark("python -m bench model --checkpoint c.pt", "c.pt", CPU, rows, sizes, tiled, 13.4, heads)
+    peaks = {"fp32": {"2": 100.0}, "int8": {"2": 400.0}}
+    accuracy = {"OpenVINO int8 (NNCF)": {"mask_iou": 0.985, "decision_agreement": 1.0, "f1_float": 0.8, "f1_int8": 0.797,
+                                         "f1_drop": 0.003}}  # fmt: skip
+    return Benchmark("python -m bench model --checkpoint c.pt", "c.pt", CPU, rows, sizes, tiled, 4.0, heads, peaks,
+                     accuracy)  # fmt: skip
 
 
 def test_the_benchmarks_report_states_the_served_int8_speed_up_and_its_provenance(tmp_path):
@@ -33,9 +39,20 @@ def test_the_benchmarks_report_states_the_served_int8_speed_up_and_its_provenanc
     benchmarks.write_report(bench_result(), report)
     lines = report.read_text().splitlines()
     assert f"Produced by `python -m bench model` at {source_commit()}. Regenerate:" in lines
+    # each variant served on its faster build: OpenVINO fp32 (50 ms) and OpenVINO int8 (16 ms)
+    assert "- served fp32: OpenVINO fp32; served int8: OpenVINO int8 (NNCF) (each variant's faster build, as " \
+           "`archive` chooses)" in lines  # fmt: skip
     speed_up = [line for line in lines if line.startswith("- **int8 speed-up**")]
-    assert speed_up and speed_up[0].endswith("**4.0x**")  # fp32 channels_last 80 ms / static int8 FX frozen 20 ms
-    assert "- static int8 (frozen) vs ONNX Runtime int8: 1.5x" in lines
+    assert speed_up and speed_up[0].endswith("**3.1x**")  # 50 ms / 16 ms
+    assert (
+        "- **served int8 vs the prototype's network on OpenVINO int8**: **2.50x** faster (target >= 2x: met)" in lines
+    )
+    assert "- served fp32 vs OpenVINO fp32 of the same network: 1.00x (1.00x when OpenVINO serves it)" in lines
+    assert "- served int8 vs ONNX Runtime int8 (QDQ): 1.9x" in lines
+    assert "| OpenVINO int8 (NNCF) | 4.0 | 250 | 62% |" in lines  # 4 GMAC / 16 ms against the 400 GMAC/s int8 peak
+    assert "| prototype network, OpenVINO fp32 | 13.4 | 89 | 89% |" in lines
+    assert "| OpenVINO int8 (NNCF) | 0.9850 | 1.000 | 0.800 | 0.797 | 0.0030 |" in lines
+    assert "- fastest int8 (OpenVINO int8 (NNCF)): 450 ms (target <= 500 ms: met)" in lines
     assert "| fp32 eager | 120.0 (121.0) |" in lines and "fp32 / int8 state dict: 4.00x smaller." in lines
     assert "| fp32 channels_last | 84.0 (86.0) | 80.0 (82.0) | 1.050 | 20 |" in lines  # class / binary head
     assert "| static int8 FX frozen | 22.0 (24.0) | 20.0 (22.0) | 1.100 | 20 |" in lines
@@ -46,7 +63,7 @@ def test_a_benchmark_reads_back_from_the_json_it_writes():
     result = bench_result()
     again = Benchmark.from_dict(json.loads(json.dumps(result.to_dict())))
     assert again == result and list(result.to_dict()) == ["command", "checkpoint", "cpu", "rows", "sizes_bytes",
-                                                          "tiled_layer", "gmac_512", "heads"]  # fmt: skip
+                                                          "tiled_layer", "gmac_512", "heads", "peaks", "accuracy"]  # fmt: skip
     older = {k: v for k, v in result.to_dict().items() if k != "heads"}  # a run from before the head rows
     assert Benchmark.from_dict(older).heads == [] and "class head" not in benchmarks.render(
         Benchmark.from_dict(older), "b.png"
