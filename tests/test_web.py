@@ -84,7 +84,7 @@ def page_store(tiny_variants, layers, tmp_path_factory) -> Path:
     decision = json.loads((tiny_variants / DECISION_FILE).read_text())
     (folder / DECISION_FILE).write_text(json.dumps({**decision, "threshold": threshold, "rule": "between the layers"}))
     store = tmp_path_factory.mktemp("page_store")
-    build_archives(folder / "checkpoint.pt", store)
+    build_archives(folder / "checkpoint.pt", store, backend="pytorch")  # the files whose ranges were set
     return store
 
 

@@ -96,9 +96,10 @@ def served_configs(
     checkpoint: Path, backend: str = AUTO, threads: int = ServingConfig().threads
 ) -> dict[str, tuple[Path, ModelConfig]]:
     """Per registered variant: the model file it is served from and the ModelConfig it is served with (its own,
-    with the threshold `evaluate` chose). Every model file is checked to come from the checkpoint's weights. With
-    `backend` AUTO each variant's builds are timed here on `threads` threads (`time_builds`) and the fastest is
-    served, the measurement recorded in the config; else the named backend serves every variant."""
+    with the threshold `evaluate` chose). With `backend` AUTO each variant's builds are timed here on `threads`
+    threads (`time_builds`) and the fastest is served, the measurement recorded in the config; else the named
+    backend serves every variant. Every model file that may be served is checked to come from the checkpoint's
+    weights, before any is timed."""
     if backend != AUTO and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from: {AUTO}, {', '.join(BACKENDS)}")
     checkpoint = Path(checkpoint)
@@ -106,7 +107,10 @@ def served_configs(
         raise FileNotFoundError(f"checkpoint {checkpoint} not found")
     digest = state_digest(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
     decision = Decision.read(checkpoint, digest)
-    files = {v.key: {b.backend: checkpoint.parent / b.file for b in v.builds} for v in VARIANTS}
+    files = {  # the builds that may be served: every backend's when timing decides
+        v.key: {b.backend: checkpoint.parent / b.file for b in v.builds if backend in (AUTO, b.backend)}
+        for v in VARIANTS
+    }
     stored = {key: {b: _read(path) for b, path in paths.items()} for key, paths in files.items()}  # every file first
     for key, builds in stored.items():
         for b, (config, payload) in builds.items():
