@@ -75,6 +75,7 @@ def test_frozen_int8_gives_the_same_outputs(float_model):
         ({"method": "qat"}, "static' or 'dynamic"),
         ({"engine": "arm"}, "choose from: x86"),
         ({"observer": "mse"}, "unknown observer"),
+        ({"openvino_ranges": "quantile"}, "choose from: minmax, histogram, mean_minmax"),
     ],
 )
 def test_config_rejects_bad_values(change, message):
@@ -126,12 +127,11 @@ def test_quantize_command_writes_both_variants_and_agreement(tiny_run, tmp_path,
     load_int8(config, payload["state_dict"])
     text = (tmp_path / "q.md").read_text()
     assert "the fastest measured here" in text
-    assert [(r["observer"], r["images"]) for r in report["calibration_sweep"]] == [
-        ("histogram", 2),
-        ("histogram", 4),
-        ("minmax", 2),
-        ("minmax", 4),
-    ]
+    assert [(r["backend"], r["observer"], r["images"]) for r in report["calibration_sweep"]] == [
+        ("pytorch", "minmax", 2), ("pytorch", "minmax", 4), ("pytorch", "histogram", 2), ("pytorch", "histogram", 4),
+        ("openvino", "minmax", 4), ("openvino", "histogram", 4), ("openvino", "mean_minmax", 4),
+    ]  # fmt: skip
+    assert "Highest agreement, openvino: `" in text
     assert "## Calibration sweep (validation split)" in text
     assert "| PyTorch static int8 (FX, calibrated) |" in text and "python -m training quantize" in text
     assert "| OpenVINO int8 (NNCF post-training, same calibration layers) |" in text

@@ -176,11 +176,15 @@ def run_evaluate(args: argparse.Namespace, argv: list[str]) -> str:
 
 
 def add_quantize(sub: argparse._SubParsersAction) -> None:
+    from training.inference.quantization import OPENVINO_RANGES, QuantizationConfig
+
     p = sub.add_parser(
         "quantize",
-        help="float32 and static int8 state dicts of a checkpoint, with int8-vs-float agreement",
-        description="Quantize a trained checkpoint to int8 (static post-training, FX graph mode, per-channel weights, "
-        "fused conv-bn-relu, calibrated on training layers) and measure it against the float model on --split.",
+        help="every variant's model file for PyTorch and OpenVINO from a checkpoint, with int8-vs-float agreement",
+        description="Quantize a trained checkpoint to int8 for each backend, both calibrated on the same training "
+        "layers: PyTorch (static post-training, FX graph mode, per-channel weights, fused conv-bn-relu) and "
+        "OpenVINO (the float network converted, then NNCF's post-training quantization); measure each against the "
+        "float model on --split.",
     )
     p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint.pt written by train (and evaluate)")
     p.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
@@ -189,7 +193,13 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
         "--observer",
         default="histogram",
         choices=("minmax", "histogram"),
-        help="activation observer (default: histogram)",
+        help="PyTorch int8's activation observer (default: histogram)",
+    )
+    p.add_argument(
+        "--openvino-ranges",
+        default=QuantizationConfig.openvino_ranges,
+        choices=OPENVINO_RANGES,
+        help=f"how NNCF sets the OpenVINO int8 model's activation ranges (default: {QuantizationConfig.openvino_ranges})",
     )
     p.add_argument(
         "--engine",
@@ -204,7 +214,9 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="split for the agreement figures (default: test)")
     p.add_argument("--report", type=Path, help="also write the agreement table as Markdown (e.g. docs/quantization.md)")
     p.add_argument(
-        "--sweep", help="first measure both observers with these calibration counts on the val split, e.g. 4,8,16,32,64"
+        "--sweep",
+        help="first measure both observers with these calibration counts on the val split, and each way of setting "
+        "OpenVINO's ranges, e.g. 4,8,16,32,64",
     )
     p.set_defaults(run=run_quantize)
 
@@ -217,7 +229,11 @@ def run_quantize(args: argparse.Namespace, argv: list[str]) -> str:
     floats = tuple(n.strip() for n in args.float_modules.split(",") if n.strip())
     engine = "x86" if args.engine == "auto" else args.engine
     settings = QuantizationConfig(
-        engine=engine, observer=args.observer, calibration_images=args.calibration, float_modules=floats
+        engine=engine,
+        observer=args.observer,
+        calibration_images=args.calibration,
+        float_modules=floats,
+        openvino_ranges=args.openvino_ranges,
     )
     report = quantize_checkpoint(
         args.checkpoint, args.out, settings, args.data, args.split, command_line(argv), args.engine == "auto",

@@ -64,9 +64,10 @@ def convert(model: nn.Module, config: ModelConfig) -> ov.Model:
 
 def quantize(model: ov.Model, calibration: list[torch.Tensor], settings: QuantizationConfig) -> ov.Model:
     """int8 by NNCF's post-training quantization of a converted float model, on the calibration inputs (N, C, H, W):
-    min-max ranges per channel for weights, activations' ranges from the calibration layers, then bias correction
-    layer by layer. `settings.float_modules` stay float32."""
+    weights per channel, activations' ranges from the calibration layers as `settings.openvino_ranges` says, then
+    bias correction layer by layer. `settings.float_modules` stay float32."""
     import nncf
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     ignored = None
     if settings.float_modules:  # OpenVINO's node names start with the torch module's path
@@ -80,6 +81,9 @@ def quantize(model: ov.Model, calibration: list[torch.Tensor], settings: Quantiz
         subset_size=len(calibration),
         fast_bias_correction=False,  # the full bias correction: slower to make, closer to float32
         ignored_scope=ignored,
+        advanced_parameters=nncf.AdvancedQuantizationParameters(
+            activations_range_estimator_params=getattr(RangeEstimatorParametersSet, settings.openvino_ranges.upper())
+        ),
     )
 
 

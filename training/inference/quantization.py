@@ -1,5 +1,6 @@
-"""int8 quantization: static post-training (FX graph mode, per-channel weights, fused conv-bn-relu, calibrated)
-and dynamic (the prototype's method, kept as a comparison).
+"""int8 quantization in PyTorch: static post-training (FX graph mode, per-channel weights, fused conv-bn-relu,
+calibrated) and dynamic (the prototype's method, kept as a comparison). `QuantizationConfig` also holds what the
+OpenVINO int8 model is made with (`openvino_backend.quantize`).
 
 Every use of `torch.ao.quantization` is in this module: it is deprecated upstream, and a move to torchao's PT2E
 flow should touch this file only.
@@ -26,6 +27,10 @@ from training.inference.model import build_model
 
 ENGINES = ("x86", "onednn", "fbgemm")
 OBSERVERS = ("minmax", "histogram")
+# How NNCF sets the OpenVINO int8 model's activation ranges from the calibration layers: the whole range seen
+# (minmax), a histogram's error-minimising range (histogram), or the mean of each layer's extremes (mean_minmax,
+# NNCF's default, which clips the rare strongest activations).
+OPENVINO_RANGES = ("minmax", "histogram", "mean_minmax")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class QuantizationConfig:
     observer: str = "histogram"  # activation observer for calibration
     calibration_images: int = 32
     float_modules: tuple[str, ...] = ()  # module names kept in float32 (e.g. "segmentation_head")
+    openvino_ranges: str = "minmax"  # the OpenVINO int8 model's activation ranges (OPENVINO_RANGES)
 
     def __post_init__(self) -> None:
         if self.method not in ("static", "dynamic"):
@@ -43,6 +49,10 @@ class QuantizationConfig:
             raise ValueError(f"unknown quantized engine {self.engine!r}; choose from: {', '.join(ENGINES)}")
         if self.observer not in OBSERVERS:
             raise ValueError(f"unknown observer {self.observer!r}; choose from: {', '.join(OBSERVERS)}")
+        if self.openvino_ranges not in OPENVINO_RANGES:
+            raise ValueError(
+                f"unknown OpenVINO activation ranges {self.openvino_ranges!r}; choose from: {', '.join(OPENVINO_RANGES)}"
+            )
         if self.calibration_images < 1:
             raise ValueError(f"calibration needs at least one image, got {self.calibration_images}")
 

@@ -27,8 +27,11 @@ from training.inference.config import Decision, ModelConfig
 from training.inference.images import write_json
 from training.inference.loaders import load_variant
 from training.inference.model import load_checkpoint, save_checkpoint, state_digest
+from training.inference.openvino_backend import OpenVINOModel
 from training.inference.postprocess import Prediction, class_map, defect_mask
 from training.inference.quantization import (
+    OBSERVERS,
+    OPENVINO_RANGES,
     QuantizationConfig,
     available_engines,
     freeze,
@@ -178,20 +181,27 @@ def calibration_sweep(
     settings: QuantizationConfig,
     threshold: float,
 ) -> list[dict[str, Any]]:
-    """Agreement of static int8 with float32 on the validation split for each observer and calibration count:
-    the measurement behind the --calibration and --observer defaults."""
+    """Agreement of int8 with float32 on the validation split: PyTorch's static int8 for each observer and
+    calibration count, OpenVINO's for each way of setting activation ranges at the calibration count of `settings`;
+    the measurement behind the --calibration, --observer and --openvino-ranges defaults."""
     float_predictions = predict_layers(model, [r.stack for r in val_records], config)
+    trials = [("pytorch", observer, count) for observer in OBSERVERS for count in counts]
+    trials += [("openvino", ranges, settings.calibration_images) for ranges in OPENVINO_RANGES]
     rows = []
-    for observer in ("histogram", "minmax"):
-        for count in counts:
-            trial = dataclasses.replace(settings, observer=observer, calibration_images=count)
-            started = time.perf_counter()
-            int8 = quantize_static(model, calibration_inputs(train_records, config, count), trial)
-            seconds = time.perf_counter() - started
-            int8_predictions = predict_layers(int8, [r.stack for r in val_records], config)
-            row = {"observer": observer, "images": count, "calibration_seconds": round(seconds, 1)}
-            rows.append({**row, **agreement(float_predictions, int8_predictions, val_records, threshold)})
-            log.info("sweep: %s, %d images: mask IoU %.4f", observer, count, rows[-1]["mask_iou"])
+    for backend, method, count in trials:
+        calibration = calibration_inputs(train_records, config, count)
+        started = time.perf_counter()
+        if backend == "pytorch":
+            int8 = quantize_static(model, calibration, dataclasses.replace(settings, observer=method))
+        else:
+            trial = dataclasses.replace(settings, openvino_ranges=method)
+            int8 = OpenVINOModel(openvino_backend.quantize(openvino_backend.convert(model, config), calibration, trial),
+                                 torch.get_num_threads())  # fmt: skip
+        seconds = time.perf_counter() - started
+        int8_predictions = predict_layers(int8, [r.stack for r in val_records], config)
+        row = {"backend": backend, "observer": method, "images": count, "calibration_seconds": round(seconds, 1)}
+        rows.append({**row, **agreement(float_predictions, int8_predictions, val_records, threshold)})
+        log.info("sweep: %s %s, %d images: mask IoU %.4f", backend, method, count, rows[-1]["mask_iou"])
     return rows
 
 

@@ -30,21 +30,28 @@ def _cell(value: float | None, digits: int = 3) -> str:
 def _sweep_lines(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
-    best = max(rows, key=lambda r: (round(r["mask_iou"], 4), -r["images"]))
-    return [
+    lines = [
         "## Calibration sweep (validation split)",
         "",
-        "| observer | calibration layers | seconds | mask IoU with fp32 | decision agreement | F1 drop vs truth |",
-        "|---|---|---|---|---|---|",
+        "PyTorch: each activation observer at each number of calibration layers. OpenVINO: each way NNCF sets "
+        "activation ranges (`--openvino-ranges`) at the calibration count used.",
+        "",
+        "| backend | observer / ranges | calibration layers | seconds | mask IoU with fp32 | decision agreement | "
+        "F1 drop vs truth |",
+        "|---|---|---|---|---|---|---|",
         *[
-            f"| {r['observer']} | {r['images']} | {r['calibration_seconds']} | {r['mask_iou']:.4f} | "
-            f"{r['decision_agreement']:.3f} | {r.get('f1_drop', float('nan')):.4f} |"
+            f"| {r.get('backend', 'pytorch')} | {r['observer']} | {r['images']} | {r['calibration_seconds']} | "
+            f"{r['mask_iou']:.4f} | {r['decision_agreement']:.3f} | {r.get('f1_drop', float('nan')):.4f} |"
             for r in rows
         ],
         "",
-        f"Highest agreement: `{best['observer']}` with {best['images']} layers (fewest layers among equals).",
-        "",
     ]
+    for backend in dict.fromkeys(r.get("backend", "pytorch") for r in rows):
+        own = [r for r in rows if r.get("backend", "pytorch") == backend]
+        best = max(own, key=lambda r: (round(r["mask_iou"], 4), -r["images"]))
+        lines.append(f"Highest agreement, {backend}: `{best['observer']}` with {best['images']} layers (fewest "
+                     "layers among equals).")  # fmt: skip
+    return [*lines, ""]
 
 
 def _class_lines(result: Quantization) -> list[str]:
@@ -99,7 +106,8 @@ def render(result: Quantization) -> str:
             f"model's threshold {result.threshold:.3f}. Static int8: engine `{settings.engine}` ({engine_note}), "
             f"observer `{settings.observer}`, {settings.calibration_images} calibration layers, kept in float: "
             f"{', '.join(settings.float_modules) or 'nothing'}. OpenVINO int8: NNCF's post-training quantization of "
-            "the converted float network on the same calibration layers, float modules likewise. Targets: mask IoU "
+            f"the converted float network on the same calibration layers, activation ranges `{settings.openvino_ranges}`, "
+            "float modules likewise. Targets: mask IoU "
             f"with float32 >= {AGREEMENT_TARGET}, F1 drop <= {F1_DROP_TARGET}.",
             "",
             "| variant | mask IoU with fp32 | decision agreement | F1 fp32 vs truth | F1 int8 vs truth | F1 drop | "
