@@ -3,24 +3,29 @@
 A TorchServe is started on free loopback ports with the archives of a model store; for each layer size, one
 synthetic layer is sent `repeat` times to each variant, one request at a time, after warm-up. The model-only time is
 the same archive's model (unpacked, loaded as the worker loads it, with the worker's torch threads) running the
-same layer through the same tiled inference in this process, after the server has stopped. HTTP time / model time
-is the serving overhead: decoding the three PNGs, the answer (components, mask PNG, JSON) and the transport.
+same layer through the same tiled inference in this process, after the server has stopped. HTTP time minus model
+time is the serving overhead, split into its parts: the handler's own (decoding the three PNGs; the answer:
+components, mask PNG, familiarity), the model's time in the worker beside its time alone, TorchServe's worker and
+its socket to the frontend, and the frontend's HTTP with the client.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import statistics
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import requests
 import torch
 
-from bench.model import cpu_description, measure
+from bench.model import cpu_description
 from client.client import DefectClient
 from handler.settings import ServingConfig
 from training.inference import serialize
@@ -30,6 +35,7 @@ from training.inference.tiling import predict_tiled
 from training.inference.variants import model_names
 from training.renderer.synth import SynthConfig, generate_layer
 from training.serving.launcher import LISTENERS, free_port, start
+from training.serving.timing import measure, summary
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ class ServingBench:
     command: str
     cpu: dict[str, Any]  # `bench.model.cpu_description()`
     repeat: int  # timed requests per row
-    rows: list[dict[str, Any]]  # model, size, http (`measure` + worker_ms), model_only (`measure`), threads
+    rows: list[dict[str, Any]]  # model, size, http (`http_latency`), model_only (`measure`), threads
 
     def to_dict(self) -> dict[str, Any]:
         return serialize.to_dict(self)
@@ -63,16 +69,53 @@ def _unpack(mar: Path, into: Path) -> tuple[Path, ServingConfig]:
     return into / manifest["model"]["serializedFile"], serving
 
 
+FRONTEND_COUNTERS = {  # TorchServe's cumulative per-model counters on its Prometheus endpoint
+    "requests": "ts_inference_requests_total",
+    "inference_us": "ts_inference_latency_microseconds",
+    "queue_us": "ts_queue_latency_microseconds",
+}
+
+
+def frontend_counters(server, model: str) -> dict[str, float]:
+    """TorchServe's own totals for one model so far: requests, and microseconds in inference (the frontend's time
+    from handing the request to the worker to its answer) and in the queue."""
+    text = requests.get(f"{server.urls['metrics']}/metrics", timeout=10).text
+    totals = dict.fromkeys(FRONTEND_COUNTERS, 0.0)
+    for line in text.splitlines():
+        for key, metric in FRONTEND_COUNTERS.items():
+            if line.startswith(metric + "{") and f'model_name="{model}"' in line:
+                totals[key] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
 def http_latency(server, model: str, blobs: list[bytes], repeat: int, max_seconds: float) -> dict[str, Any]:
-    """Wall time of one POST at a time, and the worker's own timings of the last answer."""
-    last: dict[str, Any] = {}
+    """Wall time of one POST at a time after two warm-up requests, with the parts of it: the handler's own split
+    (median of each part over the timed requests) and, from TorchServe's counters over the same requests, the
+    frontend's mean time in the worker and in the queue."""
     client = DefectClient(server.urls["inference"], model, key_file=server.key_file, retries=0)
+    parts: list[dict[str, float]] = []
 
     def once() -> None:
-        last.update(client.predict(blobs).answer["timing_ms"])  # a refusal raises ServiceError
+        parts.append(client.predict(blobs).answer["timing_ms"])  # a refusal raises ServiceError
 
-    figures = measure(once, repeat, max_seconds)
-    return {**figures, "worker_ms": dict(last)}
+    once()
+    once()
+    parts.clear()
+    before = frontend_counters(server, model)
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < repeat and (len(times) < 3 or time.perf_counter() - started < max_seconds):
+        t0 = time.perf_counter()
+        once()
+        times.append((time.perf_counter() - t0) * 1e3)
+    after = frontend_counters(server, model)
+    served = after["requests"] - before["requests"]
+    frontend = {
+        "inference": (after["inference_us"] - before["inference_us"]) / served / 1e3 if served else None,
+        "queue": (after["queue_us"] - before["queue_us"]) / served / 1e3 if served else None,
+    }
+    worker = {part: statistics.median(p[part] for p in parts) for part in parts[0]}
+    return {**summary(times), "worker_ms": worker, "frontend_ms": frontend}
 
 
 def model_latency(weights: Path, serving: ServingConfig, stack: np.ndarray, repeat: int, max_seconds: float) -> dict:

@@ -71,8 +71,10 @@ def test_a_benchmark_reads_back_from_the_json_it_writes():
 
 
 def serving_row(model: str, size: int, http: float, alone: float) -> dict:
-    worker = {"decode": 1.0, "inference": alone, "postprocess": 2.0}
-    return {"model": model, "size": size, "http": {"median_ms": http, "p90_ms": http, "runs": 3, "worker_ms": worker},
+    worker = {"decode": 1.0, "inference": alone + 4.0, "postprocess": 2.0}
+    frontend = {"inference": alone + 4.0 + 3.0 + 5.0, "queue": 0.5}  # the handler's 3 ms and 5 ms of the worker's own
+    return {"model": model, "size": size,
+            "http": {"median_ms": http, "p90_ms": http, "runs": 3, "worker_ms": worker, "frontend_ms": frontend},
             "model_only": {"median_ms": alone, "p90_ms": alone, "runs": 3}, "threads": 1}  # fmt: skip
 
 
@@ -84,9 +86,14 @@ def test_the_serving_report_compares_int8_with_fp32_over_http(tmp_path):
     lines = report.read_text().splitlines()
     assert f"Produced by `python -m bench serving` at {source_commit()}. Regenerate:" in lines
     assert "- 512²: int8 answers 4.0x faster than fp32 over HTTP" in lines
-    assert "| defect_fp32 | 512² | 200.0 (200.0) | 160.0 (160.0) | 1.25 | 1.0 / 160.0 / 2.0 |" in lines
+    # overhead 40 = decode 1 + answer 2 + model 4 slower in the worker + worker and socket 5 + HTTP and client 27.5
+    # (200 - 172 in the worker - 0.5 queued)
+    assert "| defect_fp32 | 512² | 200.0 (200.0) | 160.0 (160.0) | **40.0** | 1.0 | 2.0 | 4.0 | 5.0 | 27.5 |" in lines
     assert (tmp_path / "serving.png").exists()
-    assert serving.summary(result) == "HTTP / model-only median over 2 rows: 1.25"
+    assert (
+        serving.summary(result)
+        == "serving overhead (HTTP - model alone): defect_fp32 512² 40.0 ms, defect_int8 512² 10.0 ms"
+    )
 
 
 def test_the_reliability_report_states_what_the_killed_worker_lost():

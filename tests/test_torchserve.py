@@ -131,6 +131,21 @@ def test_custom_metrics_reach_the_prometheus_endpoint(server, layer):
     assert re.search(r'DefectComponents\{Variant="int8",Class="spatter",ModelName="defect_int8"', text)
 
 
+@pytest.mark.parametrize("model", MODELS)
+def test_the_serving_bench_splits_a_request_into_its_parts(server, layer, model):
+    from bench.serving import frontend_counters, http_latency
+
+    before = frontend_counters(server, model)
+    figures = http_latency(server, model, blobs_of(layer), repeat=3, max_seconds=30)
+    after = frontend_counters(server, model)
+    assert figures["runs"] == 3 and after["requests"] - before["requests"] == 5  # two warm-up requests, three timed
+    worker, frontend = figures["worker_ms"], figures["frontend_ms"]
+    assert set(worker) == {"decode", "inference", "postprocess"}
+    handler = sum(worker.values())
+    assert 0 < handler < frontend["inference"] < figures["p90_ms"]  # the handler inside the worker inside HTTP
+    assert frontend["queue"] >= 0
+
+
 def code_blocks(language: str) -> list[str]:
     text = (ROOT / "docs" / "api.md").read_text()
     return re.findall(rf"```{language}\n(.*?)```", text, re.S)

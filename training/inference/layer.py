@@ -7,9 +7,11 @@ what was expected, so `prepare` can drop a triplet under a named reason and the 
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,11 +91,12 @@ def decode_layer(
     blobs: Sequence[bytes], names: Sequence[str] | None = None, max_pixels: int | None = None, min_side: int = 1
 ) -> Layer:
     """Encoded image bytes (PNG, TIFF, BMP, JPEG; 8 or 16 bit; gray or colour) of the three lights -> a Layer.
-    With `max_pixels`, each header is read first and an image declaring more pixels is refused before decoding."""
+    With `max_pixels`, each header is read first and an image declaring more pixels is refused before decoding.
+    The three images are decoded at once, on threads (OpenCV lets go of the GIL while it decodes); a bad image is
+    reported as it would be one after the other: the first in order."""
     names = list(names or [f"angle{k}" for k in range(len(blobs))])
     if len(blobs) != LIGHTS:
         raise LayerError("image_count", f"got {len(blobs)} images; a layer needs {LIGHTS}, one per light")
-    images = []
     for data, name in zip(blobs, names, strict=True):
         if not data:
             raise LayerError("unreadable", f"{name} is empty (0 bytes)")
@@ -104,8 +107,16 @@ def decode_layer(
                     "too_many_pixels",
                     f"{name} declares {w}x{h} = {w * h} pixels; this server accepts at most {max_pixels}",
                 )
+    images = []
+    for decoding in [_decoders().submit(decode_gray, data, name) for data, name in zip(blobs, names, strict=True)]:
         try:
-            images.append(decode_gray(data, name))
+            images.append(decoding.result())
         except ImageError as err:
             raise LayerError("unreadable", str(err)) from err
     return stack_images(images, names, min_side)
+
+
+@functools.cache
+def _decoders() -> ThreadPoolExecutor:
+    """The threads that decode a layer's images, made once per process."""
+    return ThreadPoolExecutor(max_workers=LIGHTS, thread_name_prefix="decode")
