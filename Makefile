@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: setup java browser-deps chromium demo serve stop web test lint format label-report results results-data results-train results-docs clean
+.PHONY: setup java browser-deps chromium demo serve stop web test lint format label-report results results-data results-train results-prototype results-docs clean
 
 setup: $(STAMP) java
 
@@ -121,7 +121,16 @@ results-train: results-data
 	wait
 	@tail -n 1 runs/results-truth.log runs/results-heuristic.log
 
-results: results-train
+# The prototype's network (smp's default decoder) trained with the truth model's recipe and budget, alone on one core:
+# `bench model` holds the served int8 to its speed on OpenVINO and its accuracy.
+PROTOTYPE_DECODER := 256,128,64,32,16
+results-prototype: results-data
+	@mkdir -p runs
+	OMP_NUM_THREADS=1 $(PY) -m training train --data $(RESULTS)/processed --out runs/results-prototype --labels truth --profile full --crop 192 --batch-size 8 --max-minutes $(RESULTS_MINUTES) --decoder $(PROTOTYPE_DECODER) > runs/results-prototype.log 2>&1
+	$(PY) -m training evaluate --checkpoint runs/results-prototype/checkpoint.pt --report runs/results-prototype/results.md
+	@tail -n 1 runs/results-prototype.log
+
+results: results-train results-prototype
 	$(MAKE) results-docs
 
 # The documents from existing runs: results (both models vs truth), int8 agreement, CPU benchmarks, serving latency,
@@ -129,7 +138,7 @@ results: results-train
 results-docs: setup
 	$(PY) -m training evaluate --checkpoint runs/results-heuristic/checkpoint.pt --checkpoint runs/results-truth/checkpoint.pt --report docs/results.md
 	$(PY) -m training quantize --checkpoint runs/results-truth/checkpoint.pt --report docs/quantization.md --sweep 4,8,16,32,64
-	$(PY) -m bench model --checkpoint runs/results-truth/checkpoint.pt --json runs/results-truth/bench.json
+	$(PY) -m bench model --checkpoint runs/results-truth/checkpoint.pt $(if $(wildcard runs/results-prototype/decision.json),--prototype runs/results-prototype/checkpoint.pt) --json runs/results-truth/bench.json
 	$(PY) -m training archive --checkpoint runs/results-truth/checkpoint.pt --out runs/results-truth/model_store
 	$(PY) -m bench serving --model-store runs/results-truth/model_store --json runs/results-truth/serving.json
 	$(PY) -m client ab-report --model-store runs/results-truth/model_store --data $(RESULTS)/processed --requests 100 --json runs/results-truth/ab_report.json
