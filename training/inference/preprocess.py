@@ -72,14 +72,17 @@ def log_ratios(unit: np.ndarray, background_sigma_px: float) -> tuple[np.ndarray
     background, (H, W, 3); and the log of that mean, (H, W). The shading channels before their spread is divided
     out (the familiarity check takes that spread as the lights' contrast)."""
     level = float(np.median(unit[::STATISTICS_STRIDE, ::STATISTICS_STRIDE]))
-    logs = np.log(unit + max(SHADOW_FLOOR * level, 1e-4))
+    # One new array, worked on in place (the logs become the ratios): a layer-sized temporary costs its page faults.
+    logs = unit + max(SHADOW_FLOOR * level, 1e-4)
+    np.log(logs, out=logs)
     # The mean over the lights as the same float32 sum numpy's mean takes, added light by light: a reduction over a
     # short last axis is many times slower.
     mean_log = logs[..., 0].copy()
     for k in range(1, logs.shape[2]):
         mean_log += logs[..., k]
     mean_log /= logs.shape[2]
-    ratios = logs - mean_log[..., None]
+    ratios = logs
+    ratios -= mean_log[..., None]
     ratios -= background(ratios, background_sigma_px)
     return ratios, mean_log
 
