@@ -30,7 +30,7 @@ from training.inference.layer import LayerError, decode_layer
 from training.inference.loaders import load_variant
 from training.inference.postprocess import detect
 from training.inference.serialize import to_dict
-from training.inference.tiling import predict_tiled
+from training.inference.tiling import predict_tiled, warm_up
 from training.inference.variants import variant_of
 
 log = logging.getLogger(__name__)
@@ -54,10 +54,12 @@ class DefectHandler(BaseHandler):
             context.model_name, variant.key, self.config.backend, context.manifest["model"].get("modelVersion", "")
         )
         self.lights = tuple(Light(f, a) for f, a in zip(config.image_fields, config.azimuths_deg, strict=True))
+        started = time.perf_counter()
+        warm_up(self.model, self.config, self.serving.tile_batch)
         self.context = context
         self.initialized = True
-        log.info("%s: %s model from %s on %s, %d thread(s)", context.model_name, variant.key, weights.name,
-                 self.config.backend, self.serving.threads)  # fmt: skip
+        log.info("%s: %s model from %s on %s, %d thread(s), warmed up in %.0f ms", context.model_name, variant.key,
+                 weights.name, self.config.backend, self.serving.threads, (time.perf_counter() - started) * 1e3)  # fmt: skip
 
     def handle(self, data: list[dict[str, Any]], context) -> list[str]:
         """Answer every request of the batch on its own (compact JSON); a bad one gets its own 4xx."""

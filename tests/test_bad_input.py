@@ -9,7 +9,7 @@ from tests.images_for_tests import encode, triplet
 from tests.service import answer_of
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
-MODELS = ("defect_int8", "defect_fp32")
+MODELS = ("defect_int8", "defect_fp32")  # one on PyTorch, one on OpenVINO (tests/conftest.py TINY_BACKENDS)
 
 
 def worker_pids(server) -> dict[str, list[int]]:
@@ -19,6 +19,11 @@ def worker_pids(server) -> dict[str, list[int]]:
                               headers={"Authorization": f"Bearer {server.keys()['management']}"}, timeout=10)  # fmt: skip
         pids[model] = sorted(w["pid"] for w in answer.json()[0]["workers"])
     return pids
+
+
+def test_the_corpus_meets_both_backends(torchserve):
+    good = [encode(image) for image in triplet(64, seed=11)]
+    assert {answer_of(torchserve, model, good)["model"]["backend"] for model in MODELS} == {"pytorch", "openvino"}
 
 
 def test_the_corpus_has_at_least_30_malformed_requests():

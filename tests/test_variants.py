@@ -123,3 +123,20 @@ def test_the_model_bench_names_a_served_row_for_every_variant():
     from training.reports.benchmarks import BUILD_ROWS
 
     assert {key: tuple(rows) for key, rows in BUILD_ROWS.items()} == {v.key: BACKENDS for v in VARIANTS}
+
+
+def test_warm_up_runs_a_tile_and_a_batch_of_tiles():
+    from training.inference.config import ModelConfig
+    from training.inference.tiling import warm_up
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape))
+            return x
+
+    config = ModelConfig()
+    warm_up(Recorder(), config, 4)
+    side = config.tile_size
+    assert seen == [(1, config.in_channels, side, side), (4, config.in_channels, side, side)]

@@ -54,6 +54,15 @@ def defect_probabilities(model: nn.Module, stacks: list[np.ndarray], config: Mod
     return [p.defect for p in predict_layers(model, stacks, config)]
 
 
+@torch.inference_mode()
+def warm_up(model: nn.Module, config: ModelConfig, batch_size: int = TILE_BATCH) -> None:
+    """Run the model once on each input shape most layers bring (one tile; a batch of tiles), so that the first
+    requests do not pay for what a backend prepares per shape (OpenVINO compiles its kernels for each new shape, a
+    frozen TorchScript graph optimises on its first runs)."""
+    for n in sorted({1, batch_size}):
+        model(torch.zeros(n, config.in_channels, config.tile_size, config.tile_size))
+
+
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     """Start offsets of tiles of size `tile` covering 0..length with at least `overlap` pixels shared."""
     if length <= tile:
