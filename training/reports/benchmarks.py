@@ -95,9 +95,11 @@ def _peak_lines(result: Benchmark, ref: dict[str, dict | None], threads: int) ->
         return []
     fp32_peak, int8_peak = peaks["fp32"].get(str(threads)), peaks["int8"].get(str(threads))
     lines = [
-        f"Peaks measured here by a matrix-product microbenchmark (2048², best of 5; `bench.model.measured_peaks`) at "
-        f"{threads} threads: fp32 {fp32_peak:.0f} GMAC/s (torch.mm), int8 {int8_peak:.0f} GMAC/s (quantized Linear "
-        "on fbgemm). A convolution network reaches a share of these.",
+        f"Peaks measured here by a matrix-product microbenchmark (`bench.model.measured_peaks`: 2048², the best of 5 "
+        "runs of torch's and OpenVINO's kernels, before and after the rows) at "
+        f"{threads} threads: fp32 {fp32_peak:.0f} GMAC/s, int8 {int8_peak:.0f} GMAC/s. A convolution network reaches a "
+        "share of these; a share above 100% means the machine was busier while the peaks were measured than while "
+        "that row ran.",
         "",
         "| variant | GMAC per frame | GMAC/s | share of its precision's measured peak |",
         "|---|---|---|---|",
