@@ -35,12 +35,13 @@ from training.inference.classes import DEFECT_CLASSES
 from training.inference.config import SMP_DECODER, Decision, ModelConfig
 from training.inference.familiarity import assess
 from training.inference.images import write_json
-from training.inference.loaders import ChannelsLast
+from training.inference.loaders import ChannelsLast, model_files
 from training.inference.model import build_model, load_checkpoint, state_digest
 from training.inference.openvino_backend import OpenVINOModel
 from training.inference.postprocess import Prediction, detect
 from training.inference.quantization import QuantizationConfig, freeze, load_int8, quantize_dynamic, quantize_static
 from training.inference.tiling import predict_layers, predict_tiled
+from training.inference.variants import OPENVINO
 from training.inference.variants import variant as registered
 from training.learning.dataset import load_split
 from training.learning.quantize import agreement, calibration_inputs
@@ -205,15 +206,15 @@ def _openvino_models(
     """The OpenVINO float and int8 models `quantize` wrote beside this very checkpoint, or fresh ones (int8 by NNCF on
     the same calibration layers as the PyTorch int8)."""
     folder, digest = Path(checkpoint).parent, state_digest(model.state_dict())
-    files = [folder / registered(key).build("openvino").file for key in ("fp32", "int8")]
+    files = [folder / registered(key).build(OPENVINO).file for key in ("fp32", "int8")]
     if all(f.exists() for f in files):
         read = [openvino_backend.read(f)[1] for f in files]
         if all(openvino_backend.source_digest(m) == digest for m in read):
             log.info("using %s and %s", *files)
             return read[0], read[1]
         log.warning("%s were made from other weights than %s: converting afresh", files, checkpoint)
-    converted = openvino_backend.convert(model, config)
-    return converted, openvino_backend.quantize(openvino_backend.convert(model, config), calibration, settings)
+    converted = openvino_backend.convert(model, config)  # NNCF leaves it as it is
+    return converted, openvino_backend.quantize(converted, calibration, settings)
 
 
 def _prototype_network(
@@ -232,12 +233,7 @@ def _prototype_network(
         proto_config = config.replace(decoder_channels=SMP_DECODER)
         net = build_model(proto_config).eval()
     converted = openvino_backend.convert(net, proto_config)
-    return (
-        proto_config,
-        net,
-        converted,
-        openvino_backend.quantize(openvino_backend.convert(net, proto_config), calibration, settings),
-    )
+    return proto_config, net, converted, openvino_backend.quantize(converted, calibration, settings)
 
 
 def _onnx_models(model: torch.nn.Module, calibration: list[torch.Tensor], folder: Path) -> tuple[Path, Path]:
@@ -291,7 +287,7 @@ def _int8_model(checkpoint: Path, model: torch.nn.Module, records: list, config:
     return quantize_static(model, calibration, settings), calibration, settings
 
 
-OPENVINO_FP32, OPENVINO_INT8 = BUILD_ROWS["fp32"]["openvino"], BUILD_ROWS["int8"]["openvino"]
+OPENVINO_FP32, OPENVINO_INT8 = BUILD_ROWS["fp32"][OPENVINO], BUILD_ROWS["int8"][OPENVINO]
 PROTOTYPE_FP32, PROTOTYPE_INT8 = PROTOTYPE_ROWS["fp32"], PROTOTYPE_ROWS["int8"]
 
 
@@ -340,7 +336,7 @@ def bench(
         torch.save(int8.state_dict(), Path(tmp) / "q.pt")
         for name, ov_model in (("f", ov_fp32), ("q", ov_int8)):
             openvino_backend.save(ov_model, config, Path(tmp) / f"{name}.xml", "")
-        ir = {name: sum((Path(tmp) / f"{name}{s}").stat().st_size for s in (".xml", ".bin")) for name in ("f", "q")}
+        ir = {name: sum(p.stat().st_size for p in model_files(Path(tmp) / f"{name}.xml")) for name in ("f", "q")}
         sizes_bytes = {
             "fp32 state dict": (Path(tmp) / "f.pt").stat().st_size,
             "int8 state dict": (Path(tmp) / "q.pt").stat().st_size,

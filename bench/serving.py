@@ -15,7 +15,6 @@ import json
 import logging
 import statistics
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from training.inference.tiling import predict_tiled
 from training.inference.variants import model_names
 from training.renderer.synth import SynthConfig, generate_layer
 from training.serving.launcher import LISTENERS, free_port, start
-from training.serving.timing import measure, summary
+from training.serving.timing import measure
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +100,8 @@ def http_latency(server, model: str, blobs: list[bytes], repeat: int, max_second
     once()
     once()
     parts.clear()
-    before = frontend_counters(server, model)
-    times: list[float] = []
-    started = time.perf_counter()
-    while len(times) < repeat and (len(times) < 3 or time.perf_counter() - started < max_seconds):
-        t0 = time.perf_counter()
-        once()
-        times.append((time.perf_counter() - t0) * 1e3)
+    before = frontend_counters(server, model)  # after the warm-up: TorchServe's counters see the timed requests only
+    figures = measure(once, repeat, max_seconds, warm_up=0)
     after = frontend_counters(server, model)
     served = after["requests"] - before["requests"]
     frontend = {
@@ -115,7 +109,7 @@ def http_latency(server, model: str, blobs: list[bytes], repeat: int, max_second
         "queue": (after["queue_us"] - before["queue_us"]) / served / 1e3 if served else None,
     }
     worker = {part: statistics.median(p[part] for p in parts) for part in parts[0]}
-    return {**summary(times), "worker_ms": worker, "frontend_ms": frontend}
+    return {**figures, "worker_ms": worker, "frontend_ms": frontend}
 
 
 def model_latency(weights: Path, serving: ServingConfig, stack: np.ndarray, repeat: int, max_seconds: float) -> dict:

@@ -33,6 +33,8 @@ def test_measure_reports_median_and_p90():
     calls = []
     timing = measure(lambda: calls.append(1), repeat=5, max_seconds=10)
     assert timing["runs"] == 5 and len(calls) == 7  # two warm-up runs
+    calls.clear()
+    assert measure(lambda: calls.append(1), repeat=5, max_seconds=10, warm_up=0)["runs"] == len(calls) == 5
     assert 0 <= timing["median_ms"] <= timing["p90_ms"]
 
 

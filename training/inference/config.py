@@ -16,7 +16,7 @@ from typing import Any
 
 from training.inference import serialize
 from training.inference.classes import DEFECT_CLASSES
-from training.inference.variants import BACKENDS
+from training.inference.variants import BACKENDS, PYTORCH
 
 ENCODERS = ("mobilenet_v2",)
 # What the model sees (see `preprocess`), with the number of input channels of each.
@@ -54,7 +54,7 @@ class ModelConfig:
     pitch_um: float | None = None
     training: dict[str, Any] = field(default_factory=dict)  # data summary: folder, layers, label density, ...
     quantization: dict[str, Any] | None = None  # set by `quantize` for int8 variants
-    backend: str = "pytorch"  # what runs this model file (`variants.BACKENDS`)
+    backend: str = PYTORCH  # what runs this model file (`variants.BACKENDS`)
     # How `archive` chose the backend it serves: each candidate's latency on the machine that built the archive
     # (`training.serving.archive.time_builds`); None in model files, and when the backend was chosen by hand.
     backend_choice: dict[str, Any] | None = None

@@ -51,6 +51,15 @@ def openvino_ir(config: ModelConfig, model: Any, threads: int) -> nn.Module:
     return OpenVINOModel(model, threads).eval()
 
 
+def model_files(path: Path) -> tuple[Path, ...]:
+    """The files a model file is made of: itself, and for an OpenVINO IR (.xml) its weights (.bin) beside it."""
+    if Path(path).suffix == ".xml":
+        from training.inference.openvino_backend import ir_files
+
+        return ir_files(path)
+    return (Path(path),)
+
+
 def read_model_file(path: Path) -> tuple[ModelConfig, Any]:
     """(ModelConfig, content) of a model file written by `quantize` (or a checkpoint): a state dict from a PyTorch
     file, an OpenVINO model from an IR (.xml); no pickled code runs."""

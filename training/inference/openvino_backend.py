@@ -87,6 +87,12 @@ def quantize(model: ov.Model, calibration: list[torch.Tensor], settings: Quantiz
     )
 
 
+def ir_files(path: Path) -> tuple[Path, Path]:
+    """The two files of the IR named by its .xml: the graph and the weights beside it."""
+    path = Path(path)
+    return path, path.with_suffix(".bin")
+
+
 def nncf_version() -> str:
     import nncf
 
@@ -105,10 +111,10 @@ def save(model: ov.Model, config: ModelConfig, path: Path, source_digest: str) -
     model.set_rt_info(source_digest, DIGEST_KEY)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.stem}-", dir=path.parent) as tmp:
-        staged = Path(tmp) / path.name
-        ov.save_model(model, staged, compress_to_fp16=False)
-        os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
-        os.replace(staged, path)
+        staged_xml, staged_bin = ir_files(Path(tmp) / path.name)
+        ov.save_model(model, staged_xml, compress_to_fp16=False)
+        os.replace(staged_bin, ir_files(path)[1])
+        os.replace(staged_xml, path)
     return path
 
 
@@ -117,7 +123,7 @@ def read(path: Path) -> tuple[ModelConfig, ov.Model]:
     import openvino as ov
 
     path = Path(path)
-    for part in (path, path.with_suffix(".bin")):
+    for part in ir_files(path):
         if not part.exists():
             raise FileNotFoundError(f"OpenVINO model file {part} not found (an IR is {path.stem}.xml and .bin)")
     model = ov.Core().read_model(path)

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from training.inference.config import ModelConfig
 
 MODEL_PREFIX = "defect"  # served model names are <prefix>_<variant key>
-BACKENDS = ("pytorch", "openvino")  # what can run a variant; the one serving it is reported in every answer
+PYTORCH, OPENVINO = "pytorch", "openvino"
+BACKENDS = (PYTORCH, OPENVINO)  # what can run a variant; the one serving it is reported in every answer
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,12 @@ class Variant:
 
 VARIANTS: tuple[Variant, ...] = (
     Variant("fp32", "float32", (
-        Build("pytorch", "model_fp32.pt", "float_channels_last"),
-        Build("openvino", "model_fp32.xml", "openvino_ir"),
+        Build(PYTORCH, "model_fp32.pt", "float_channels_last"),
+        Build(OPENVINO, "model_fp32.xml", "openvino_ir"),
     )),
     Variant("int8", "int8", (
-        Build("pytorch", "model_int8.pt", "static_int8"),
-        Build("openvino", "model_int8.xml", "openvino_ir"),
+        Build(PYTORCH, "model_int8.pt", "static_int8"),
+        Build(OPENVINO, "model_int8.xml", "openvino_ir"),
     )),
 )  # fmt: skip
 DEFAULT = "int8"  # what the client asks when told nothing: the fastest variant that agrees with fp32

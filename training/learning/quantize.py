@@ -25,7 +25,7 @@ import torch
 from training.inference import openvino_backend, serialize
 from training.inference.config import Decision, ModelConfig
 from training.inference.images import write_json
-from training.inference.loaders import load_variant
+from training.inference.loaders import load_variant, model_files
 from training.inference.model import load_checkpoint, save_checkpoint, state_digest
 from training.inference.openvino_backend import OpenVINOModel
 from training.inference.postprocess import Prediction, class_map, defect_mask
@@ -40,7 +40,7 @@ from training.inference.quantization import (
     quantize_static,
 )
 from training.inference.tiling import model_input, predict_layers
-from training.inference.variants import VARIANTS
+from training.inference.variants import OPENVINO, PYTORCH, VARIANTS
 from training.learning.dataset import LayerRecord, load_split
 from training.learning.metrics import Counts, confusion
 
@@ -130,13 +130,9 @@ def _size(state_dict: dict[str, torch.Tensor]) -> int:
     return len(buffer.getvalue())
 
 
-def _ir_size(path: Path) -> int:
-    return path.stat().st_size + path.with_suffix(".bin").stat().st_size
-
-
-def load_build(path: Path) -> torch.nn.Module:
-    """A model file as it is served, on torch's threads."""
-    return load_variant(path)[1]
+def _files_size(path: Path) -> int:
+    """Bytes of a model file and of the files it needs beside it."""
+    return sum(part.stat().st_size for part in model_files(path))
 
 
 def _median_ms(model: torch.nn.Module, x: torch.Tensor, runs: int = 7) -> float:
@@ -185,13 +181,13 @@ def calibration_sweep(
     calibration count, OpenVINO's for each way of setting activation ranges at the calibration count of `settings`;
     the measurement behind the --calibration, --observer and --openvino-ranges defaults."""
     float_predictions = predict_layers(model, [r.stack for r in val_records], config)
-    trials = [("pytorch", observer, count) for observer in OBSERVERS for count in counts]
-    trials += [("openvino", ranges, settings.calibration_images) for ranges in OPENVINO_RANGES]
+    trials = [(PYTORCH, observer, count) for observer in OBSERVERS for count in counts]
+    trials += [(OPENVINO, ranges, settings.calibration_images) for ranges in OPENVINO_RANGES]
     rows = []
     for backend, method, count in trials:
         calibration = calibration_inputs(train_records, config, count)
         started = time.perf_counter()
-        if backend == "pytorch":
+        if backend == PYTORCH:
             int8 = quantize_static(model, calibration, dataclasses.replace(settings, observer=method))
         else:
             trial = dataclasses.replace(settings, openvino_ranges=method)
@@ -246,9 +242,9 @@ def quantize_checkpoint(
         }
     )
     files = {v.key: {b.backend: out_dir / b.file for b in v.builds} for v in VARIANTS}
-    save_checkpoint(files["fp32"]["pytorch"], config, model.state_dict())
-    save_checkpoint(files["int8"]["pytorch"], int8_config, int8.state_dict())
-    reloaded = load_int8(int8_config, torch.load(files["int8"]["pytorch"], weights_only=True)["state_dict"])
+    save_checkpoint(files["fp32"][PYTORCH], config, model.state_dict())
+    save_checkpoint(files["int8"][PYTORCH], int8_config, int8.state_dict())
+    reloaded = load_int8(int8_config, torch.load(files["int8"][PYTORCH], weights_only=True)["state_dict"])
     probe = calibration[0]
     with torch.no_grad():
         if not torch.equal(reloaded(probe), int8(probe)):
@@ -257,10 +253,10 @@ def quantize_checkpoint(
     started = time.perf_counter()
     converted = openvino_backend.convert(model, config)
     digest = int8_config.quantization["source_digest"]
-    openvino_backend.save(converted, config.replace(backend="openvino"), files["fp32"]["openvino"], digest)
+    openvino_backend.save(converted, config.replace(backend=OPENVINO), files["fp32"][OPENVINO], digest)
     openvino_int8 = openvino_backend.quantize(converted, calibration, settings)
     openvino_config = config.replace(
-        backend="openvino",
+        backend=OPENVINO,
         quantization={
             "settings": settings.to_dict(),  # the calibration count and float modules; engine and observer are torch's
             "tool": f"nncf {openvino_backend.nncf_version()}",
@@ -268,7 +264,7 @@ def quantize_checkpoint(
             "source_digest": digest,
         },
     )
-    openvino_backend.save(openvino_int8, openvino_config, files["int8"]["openvino"], digest)
+    openvino_backend.save(openvino_int8, openvino_config, files["int8"][OPENVINO], digest)
     log.info("OpenVINO float32 and int8 (NNCF) written in %.1f s", time.perf_counter() - started)
 
     records = load_split(data_dir, split, "heuristic")
@@ -284,7 +280,7 @@ def quantize_checkpoint(
         sizes_bytes={
             "fp32": _size(model.state_dict()),
             "int8": _size(int8.state_dict()),
-            **{f"openvino {key}": _ir_size(files[key]["openvino"]) for key in ("fp32", "int8")},
+            **{f"{OPENVINO} {key}": _files_size(files[key][OPENVINO]) for key in ("fp32", "int8")},
         },
         engine_timings_ms=engines,
         calibration_sweep=sweep_rows,
@@ -299,7 +295,7 @@ def quantize_checkpoint(
         ),
         openvino_int8=agreement(
             float_predictions,
-            predict_layers(load_build(files["int8"]["openvino"]), [r.stack for r in records], config),
+            predict_layers(load_variant(files["int8"][OPENVINO])[1], [r.stack for r in records], config),
             records,
             threshold,
         ),

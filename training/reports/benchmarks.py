@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from training.inference.images import write_atomic
+from training.inference.variants import OPENVINO, PYTORCH
 from training.reports.figures import pyplot, save_png
 from training.reports.provenance import produced_by
 
@@ -17,12 +18,12 @@ if TYPE_CHECKING:  # typing only: rendering needs no torch
 # on its faster build (`archive` measures the same on the machine that builds the archives), and the int8 speed-up is
 # the served fp32 row over the served int8 row.
 BUILD_ROWS = {
-    "fp32": {"pytorch": "fp32 channels_last", "openvino": "OpenVINO fp32"},
-    "int8": {"pytorch": "static int8 FX frozen", "openvino": "OpenVINO int8 (NNCF)"},
+    "fp32": {PYTORCH: "fp32 channels_last", OPENVINO: "OpenVINO fp32"},
+    "int8": {PYTORCH: "static int8 FX frozen", OPENVINO: "OpenVINO int8 (NNCF)"},
 }
 # The prototype's network (smp's default decoder) at its fastest: the comparison the served int8 is held to.
 PROTOTYPE_ROWS = {"fp32": "prototype network, OpenVINO fp32", "int8": "prototype network, OpenVINO int8 (NNCF)"}
-INT8_ROWS = ("dynamic int8 (prototype)", "static int8 FX", "static int8 FX frozen", BUILD_ROWS["int8"]["openvino"],
+INT8_ROWS = ("dynamic int8 (prototype)", "static int8 FX", "static int8 FX frozen", BUILD_ROWS["int8"][OPENVINO],
              "ONNX Runtime int8 (QDQ)", PROTOTYPE_ROWS["int8"])  # fmt: skip
 TARGETS = {"served int8 / prototype OpenVINO int8": 2.0, "int8 tiled 2048 ms": 500.0}
 
@@ -75,7 +76,7 @@ def _ratios(result: Benchmark, ref: dict[str, dict | None]) -> list[str]:
         lines.append(
             f"- served fp32 vs the prototype's network on OpenVINO fp32: {proto32['median_ms'] / fp32['median_ms']:.2f}x"
         )
-    openvino_fp32 = ref.get(BUILD_ROWS["fp32"]["openvino"])
+    openvino_fp32 = ref.get(BUILD_ROWS["fp32"][OPENVINO])
     if openvino_fp32:
         lines.append(
             f"- served fp32 vs OpenVINO fp32 of the same network: {openvino_fp32['median_ms'] / fp32['median_ms']:.2f}x "

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from training.inference.classes import class_label
 from training.inference.images import write_atomic
+from training.inference.variants import OPENVINO, PYTORCH
 from training.reports.provenance import produced_by
 
 if TYPE_CHECKING:  # typing only: rendering needs no torch
@@ -46,8 +47,8 @@ def _sweep_lines(rows: list[dict[str, Any]]) -> list[str]:
         ],
         "",
     ]
-    for backend in dict.fromkeys(r.get("backend", "pytorch") for r in rows):
-        own = [r for r in rows if r.get("backend", "pytorch") == backend]
+    for backend in dict.fromkeys(r.get("backend", PYTORCH) for r in rows):
+        own = [r for r in rows if r.get("backend", PYTORCH) == backend]
         best = max(own, key=lambda r: (round(r["mask_iou"], 4), -r["images"]))
         lines.append(f"Highest agreement, {backend}: `{best['observer']}` with {best['images']} layers (fewest "
                      "layers among equals).")  # fmt: skip
@@ -117,7 +118,7 @@ def render(result: Quantization) -> str:
             "",
             f"State dicts: fp32 {sizes['fp32'] / 1e6:.2f} MB, int8 {sizes['int8'] / 1e6:.2f} MB "
             f"({sizes['fp32'] / sizes['int8']:.2f}x smaller). OpenVINO IR (xml and bin): fp32 "
-            f"{sizes['openvino fp32'] / 1e6:.2f} MB, int8 {sizes['openvino int8'] / 1e6:.2f} MB.",
+            f"{sizes[f'{OPENVINO} fp32'] / 1e6:.2f} MB, int8 {sizes[f'{OPENVINO} int8'] / 1e6:.2f} MB.",
             "",
             *_class_lines(result),
             *_sweep_lines(result.calibration_sweep),

@@ -28,9 +28,9 @@ from handler.settings import ServingConfig
 from training.inference import openvino_backend
 from training.inference.config import Decision, ModelConfig
 from training.inference.images import write_json
-from training.inference.loaders import load_variant, read_model_file
+from training.inference.loaders import load_variant, model_files, read_model_file
 from training.inference.model import state_digest
-from training.inference.variants import BACKENDS, MODEL_PREFIX, VARIANTS
+from training.inference.variants import BACKENDS, MODEL_PREFIX, OPENVINO, VARIANTS
 from training.serving.timing import cpu_model, measure_alternating
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def _origin(config: ModelConfig, payload: Any) -> str:
     """The digest of the checkpoint weights a model file was made from."""
     if config.quantization:
         return config.quantization["source_digest"]
-    if config.backend == "openvino":
+    if config.backend == OPENVINO:
         return openvino_backend.source_digest(payload)
     return state_digest(payload)
 
@@ -148,8 +148,8 @@ def build_archive(
         stage = tmp / "stage"
         stage_packages(stage)
         write_json(stage / "model_config.json", config.to_dict())
-        if config.backend == "openvino":  # the IR's weights go beside its xml, the serialized file
-            shutil.copy2(Path(weights).with_suffix(".bin"), stage / Path(weights).with_suffix(".bin").name)
+        for part in model_files(weights)[1:]:  # what the serialized file needs beside it (an IR's weights)
+            shutil.copy2(part, stage / part.name)
         yaml_path = tmp / "model-config.yaml"
         yaml_path.write_text(yaml.safe_dump(serving.to_yaml_dict(), sort_keys=False))
         export = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))  # same file system: the rename is atomic

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 
-def measure(run: Callable[[], Any], repeat: int, max_seconds: float) -> dict[str, float]:
-    """Median and p90 latency in milliseconds after two warm-up runs; stops early past max_seconds."""
-    run()
-    run()
+def measure(run: Callable[[], Any], repeat: int, max_seconds: float, warm_up: int = 2) -> dict[str, float]:
+    """Median and p90 latency in milliseconds after `warm_up` runs; stops early past max_seconds."""
+    for _ in range(warm_up):
+        run()
     times: list[float] = []
     started = time.perf_counter()
     while len(times) < repeat and (len(times) < 3 or time.perf_counter() - started < max_seconds):
