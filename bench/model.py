@@ -51,6 +51,8 @@ from training.serving.timing import measure, measure_alternating
 
 log = logging.getLogger(__name__)
 
+LAYER_REPEAT = 5  # timed runs of the full layer through tiled inference, after two untimed
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -62,7 +64,7 @@ class Benchmark:
     cpu: dict[str, Any]  # `cpu_description()`
     rows: list[dict[str, Any]]  # variant, size, batch, threads, precision, gmac and `measure`'s median_ms, p90_ms, runs
     sizes_bytes: dict[str, int]  # model file -> bytes
-    tiled_layer: dict[str, Any]  # size, tile, threads, and ms per variant of one full layer
+    tiled_layer: dict[str, Any]  # size, tile, overlap, threads, and per model `measure` of one full layer
     gmac_512: float  # convolution GMAC of one 512 x 512 frame
     heads: list[dict[str, Any]] = field(default_factory=list)  # `served_heads` rows; [] before them
     peaks: dict[str, dict[str, float]] = field(default_factory=dict)  # `measured_peaks`; {} before them
@@ -389,7 +391,8 @@ def bench(
 
     torch.set_num_threads(max(threads))
     layer = np.random.default_rng(0).integers(0, 255, (layer_size, layer_size, 3), dtype=np.uint8)
-    example = torch.zeros(1, config.in_channels, config.tile_size, config.tile_size)
+    example = torch.zeros(1, config.in_channels, 2 * config.size_multiple, 2 * config.size_multiple)  # to trace
+    serving = ServingConfig()
     tiled = {}
     for name, net in (
         ("fp32 eager", model),
@@ -397,11 +400,10 @@ def bench(
         (OPENVINO_FP32, OpenVINOModel(ov_fp32, max(threads))),
         (OPENVINO_INT8, OpenVINOModel(ov_int8, max(threads))),
     ):
-        predict_tiled(net, layer[: config.tile_size, : config.tile_size], config)  # warm-up: OpenVINO's first shapes
-        t0 = time.perf_counter()
-        predict_tiled(net, layer, config)
-        tiled[name] = (time.perf_counter() - t0) * 1e3
-    tiled_layer = {"size": layer_size, "tile": config.tile_size, "threads": max(threads), "ms": tiled}
+        tiled[name] = measure(lambda net=net: predict_tiled(net, layer, config, serving.tile_size, serving.tile_overlap),
+                              LAYER_REPEAT, 3 * max_seconds)  # fmt: skip
+    tiled_layer = {"size": layer_size, "tile": serving.tile_size, "overlap": serving.tile_overlap,
+                   "threads": max(threads), "ms": tiled}  # fmt: skip
     threshold = _threshold(checkpoint, model)
     test = load_split(data, "test", "heuristic")
     agreements = accuracy(model, {
@@ -446,16 +448,16 @@ def served_heads(
     repeat: int,
     max_seconds: float,
 ) -> list[dict[str, Any]]:
-    """What classes cost where it counts, the served path of one layer of the serving tile size: the network with
+    """What classes cost where it counts, the served path of one layer of the side serving expects (`ServingConfig.layer_side`): the network with
     the class head beside the same network with a binary head, as each variant serves it (float32 channels_last,
     int8 static and frozen with the int8 variant's settings), then `detect` at `threshold` and the familiarity
     check. Both heads' `detect` reads the same defect probability (the checkpoint's), the class head's also its
     class shares, so they describe the same regions and the difference is the head's; that is why this times the
     handler's steps one by one rather than the handler. The two heads run in turn, repeat after repeat, so a
     shared machine slows both alike."""
-    side = config.tile_size
-    stack = np.ascontiguousarray(stack[:side, :side])
     serving = ServingConfig()
+    side = serving.layer_side
+    stack = np.ascontiguousarray(stack[:side, :side])
     configs = head_configs(config)
     nets = {head: _with_head(model, cfg) for head, cfg in configs.items()}
     reference = predict_tiled(model, stack, config).defect
@@ -474,7 +476,7 @@ def served_heads(
     }
 
     def path(head: str, net: torch.nn.Module) -> None:
-        predict_tiled(net, stack, configs[head], serving.tile_overlap, serving.tile_batch)
+        predict_tiled(net, stack, configs[head], serving.tile_size, serving.tile_overlap)
         detection = detect(predictions[head], threshold, True, serving.max_components)
         assess(stack, configs[head], detection.flagged_px / reference.size)
 

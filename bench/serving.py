@@ -118,7 +118,7 @@ def model_latency(weights: Path, serving: ServingConfig, stack: np.ndarray, repe
     try:
         config, model = load_variant(weights)
         return measure(
-            lambda: predict_tiled(model, stack, config, serving.tile_overlap, serving.tile_batch), repeat, max_seconds
+            lambda: predict_tiled(model, stack, config, serving.tile_size, serving.tile_overlap), repeat, max_seconds
         )
     finally:
         torch.set_num_threads(threads)

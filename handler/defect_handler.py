@@ -55,7 +55,7 @@ class DefectHandler(BaseHandler):
         )
         self.lights = tuple(Light(f, a) for f, a in zip(config.image_fields, config.azimuths_deg, strict=True))
         started = time.perf_counter()
-        warm_up(self.model, self.config, self.serving.tile_batch)
+        warm_up(self.model, self.config, self.serving.layer_side, self.serving.tile_size, self.serving.tile_overlap)
         self.context = context
         self.initialized = True
         log.info("%s: %s model from %s on %s, %d thread(s), warmed up in %.0f ms", context.model_name, variant.key,
@@ -86,7 +86,7 @@ class DefectHandler(BaseHandler):
             raise BadRequest.from_layer_error(err) from err
         decoded = time.perf_counter()
         prediction = predict_tiled(
-            self.model, layer.stack, self.config, self.serving.tile_overlap, self.serving.tile_batch
+            self.model, layer.stack, self.config, self.serving.tile_size, self.serving.tile_overlap
         )
         inferred = time.perf_counter()
         detection = detect(prediction, asked.threshold, asked.return_mask, self.serving.max_components, asked.scale,

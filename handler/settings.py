@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.inference import serialize
-from training.inference.config import TILE_BATCH, TILE_OVERLAP
+from training.inference.config import SIZE_MULTIPLE, TILE_OVERLAP, TILE_SIZE
 
 # TorchServe's model-config.yaml keys for the fields of ServingConfig that it reads itself.
 _TORCHSERVE_KEYS = {
@@ -34,8 +34,12 @@ class ServingConfig:
     # The handler.
     threads: int = 1
     max_image_pixels: int = 4096 * 4096  # per image, checked from the header before decoding
-    tile_overlap: int = TILE_OVERLAP  # pixels shared by neighbouring tiles of a large layer
-    tile_batch: int = TILE_BATCH  # tiles per forward pass
+    tile_size: int = TILE_SIZE  # pixels a side a tile of a large layer answers for, at most
+    tile_overlap: int = TILE_OVERLAP  # pixels shared by neighbouring tiles of a large layer, at least
+    # The side of the layers this variant expects (its camera's; 512 is our generator's): the worker runs the
+    # shapes of such a layer once at load, so that its first answer does not pay for preparing them, and `archive`
+    # times the backends on one.
+    layer_side: int = 512
     max_components: int = 100  # components listed per answer, largest first (all are counted)
 
     def __post_init__(self) -> None:
@@ -45,6 +49,10 @@ class ServingConfig:
                 raise ValueError(f"serving setting {f.name} must be a positive whole number, got {value!r}")
         if self.min_workers > self.max_workers:
             raise ValueError(f"min_workers {self.min_workers} exceeds max_workers {self.max_workers}")
+        if self.tile_size % SIZE_MULTIPLE:
+            raise ValueError(f"serving setting tile_size must be a multiple of {SIZE_MULTIPLE}, got {self.tile_size}")
+        if self.tile_overlap >= self.tile_size:
+            raise ValueError(f"tile_overlap {self.tile_overlap} must be smaller than tile_size {self.tile_size}")
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """model-config.yaml content: TorchServe's keys at the top, ours under `handler`."""

@@ -81,9 +81,15 @@ def _copy_variants(tiny_variants, folder):
 
 def test_each_variant_is_served_on_the_backend_measured_fastest_here(tiny_variants, tmp_path):
     _copy_variants(tiny_variants, tmp_path)
-    for key, (weights, config) in served_configs(tmp_path / "checkpoint.pt", threads=1).items():
-        choice = config.backend_choice
-        assert choice["threads"] == 1 and choice["input"] == [1, config.in_channels, config.tile_size, config.tile_size]
+    serving = ServingConfig(threads=1)
+    for key, (weights, config) in served_configs(tmp_path / "checkpoint.pt", serving=serving).items():
+        choice = config.backend_choice  # timed on a layer of the side serving expects
+        assert choice["threads"] == 1 and choice["input"] == [
+            1,
+            config.in_channels,
+            serving.layer_side,
+            serving.layer_side,
+        ]
         assert set(choice["ms"]) == {"pytorch", "openvino"} and all(t["runs"] >= 3 for t in choice["ms"].values())
         assert config.backend == min(choice["ms"], key=lambda b: choice["ms"][b]["median_ms"])
         assert weights.name == variant_named(key).build(config.backend).file

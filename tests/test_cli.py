@@ -114,6 +114,7 @@ def test_synth_then_prepare_from_the_command_line(tmp_path, repo_root):
         (["evaluate", "--checkpoint", "/nonexistent.pt"], "not found"),
         (["evaluate", "--checkpoint", "x.pt", "--rule", "best"], "max-f1' or 'min-recall R"),
         (["bench", "--checkpoint", "x.pt", "--sizes", "a"], "comma-separated whole numbers"),
+        (["archive", "--checkpoint", "x.pt", "--tile-size", "1000"], "tile_size must be a multiple of 32"),
     ],
 )
 def test_bad_arguments_give_a_clear_error(args, message, tmp_path, repo_root, capsys, monkeypatch):

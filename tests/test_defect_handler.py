@@ -1,6 +1,7 @@
 """The handler with TorchServe's own Context and metrics cache, on an unpacked archive: no server."""
 
 import base64
+import dataclasses
 import json
 import zipfile
 from pathlib import Path
@@ -191,15 +192,17 @@ def test_a_bad_request_in_a_batch_fails_alone(loaded):
     assert results[0][1]["defect_area_px"] == results[2][1]["defect_area_px"]
 
 
-def test_a_2048_layer_goes_through_overlapping_tiles(loaded_int8):
+def test_a_layer_larger_than_a_tile_goes_through_the_tiles_serving_sets(loaded_int8, monkeypatch):
     handler, context, model_dir = loaded_int8
+    monkeypatch.setattr(handler, "serving", dataclasses.replace(handler.serving, tile_size=1024, tile_overlap=128))
     images = triplet(2048, np.uint8, seed=3)
     [(code, answer)] = serve(handler, context, [multipart([encode(im) for im in images], return_mask="true")])
     assert code == 200
     assert (answer["mask"]["width"], answer["mask"]["height"]) == (2048, 2048)
     config = ModelConfig.from_dict(json.loads((model_dir / "model_config.json").read_text()))
     config, model = load_variant(model_dir / context.manifest["model"]["serializedFile"], config)
-    probabilities = predict_tiled(model, np.stack(images, -1), config, handler.serving.tile_overlap)
+    serving = handler.serving
+    probabilities = predict_tiled(model, np.stack(images, -1), config, serving.tile_size, serving.tile_overlap)
     assert answer["defect_area_px"] == detect(probabilities, config.threshold).defect_area_px
 
 

@@ -55,7 +55,6 @@ ROUND_TRIPS = [
         ModelConfig(
             mean=(0.1, 0.2, 0.3),
             std=(0.5, 0.6, 0.7),
-            tile_size=256,
             azimuths_deg=(10.0, 130.0, 250.0),
             threshold=0.42,
             threshold_rule="max-f1 on val vs truth",

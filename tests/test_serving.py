@@ -16,9 +16,19 @@ def test_missing_yaml_gives_defaults():
     assert ServingConfig.from_yaml_dict(None) == ServingConfig()
 
 
-@pytest.mark.parametrize("change", [{"threads": 0}, {"batch_size": -1}, {"tile_batch": 1.5}, {"min_workers": 3}])
-def test_bad_settings_are_refused(change):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"threads": 0}, "threads must be a positive whole number"),
+        ({"batch_size": -1}, "batch_size must be a positive whole number"),
+        ({"tile_size": 1.5}, "tile_size must be a positive whole number"),
+        ({"min_workers": 3}, "min_workers 3 exceeds max_workers 1"),
+        ({"tile_size": 1000}, "tile_size must be a multiple of 32, got 1000"),
+        ({"tile_size": 256, "tile_overlap": 256}, "tile_overlap 256 must be smaller than tile_size 256"),
+    ],
+)
+def test_bad_settings_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
         ServingConfig(**change)
 
 

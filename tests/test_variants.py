@@ -125,7 +125,7 @@ def test_the_model_bench_names_a_served_row_for_every_variant():
     assert {key: tuple(rows) for key, rows in BUILD_ROWS.items()} == {v.key: BACKENDS for v in VARIANTS}
 
 
-def test_warm_up_runs_a_tile_and_a_batch_of_tiles():
+def test_warm_up_runs_each_shape_a_layer_of_the_expected_side_is_run_as():
     from training.inference.config import ModelConfig
     from training.inference.tiling import warm_up
 
@@ -137,6 +137,8 @@ def test_warm_up_runs_a_tile_and_a_batch_of_tiles():
             return x
 
     config = ModelConfig()
-    warm_up(Recorder(), config, 4)
-    side = config.tile_size
-    assert seen == [(1, config.in_channels, side, side), (4, config.in_channels, side, side)]
+    warm_up(Recorder(), config, 512)
+    warm_up(Recorder(), config, 500)  # padded to the multiple
+    warm_up(Recorder(), config, 4096, tile=1024, overlap=128)  # sixteen tiles of one shape
+    channels = config.in_channels
+    assert seen == [(1, channels, 512, 512), (1, channels, 512, 512), (1, channels, 1120, 1120)]

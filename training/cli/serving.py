@@ -78,6 +78,26 @@ def add_archive(sub: argparse._SubParsersAction) -> None:
         default=defaults.max_image_pixels,
         help=f"largest image accepted, in pixels (default: {defaults.max_image_pixels})",
     )
+    p.add_argument(
+        "--layer-side",
+        type=int,
+        default=defaults.layer_side,
+        help="side in pixels of the layers your camera makes: the worker prepares their shapes at load and the "
+        f"backends are timed on one (default: {defaults.layer_side})",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=int,
+        default=defaults.tile_size,
+        help=f"a layer with a longer side goes through tiles answering for at most this many pixels a side, a "
+        f"multiple of 32 (default: {defaults.tile_size})",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=defaults.tile_overlap,
+        help=f"pixels shared by neighbouring tiles, at least (default: {defaults.tile_overlap})",
+    )
     p.set_defaults(run=run_archive)
 
 
@@ -88,6 +108,7 @@ def run_archive(args: argparse.Namespace, argv: list[str]) -> str:
     serving = ServingConfig(
         min_workers=args.workers, max_workers=args.workers, batch_size=args.batch_size,
         max_batch_delay_ms=args.max_batch_delay, threads=args.threads, max_image_pixels=args.max_image_pixels,
+        layer_side=args.layer_side, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
     )  # fmt: skip
     built = build_archives(args.checkpoint, args.out, serving, args.version, args.prefix, args.backend)
     return "wrote " + ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in built.values())

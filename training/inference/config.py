@@ -27,9 +27,12 @@ SMP_DECODER = (256, 128, 64, 32, 16)
 DECODER = (64, 32, 16, 16, 8)
 # The lights our generator renders and `prepare` assumes when told nothing; a prepared folder records its own.
 DEFAULT_AZIMUTHS_DEG = (0.0, 120.0, 240.0)
-# Tiled inference of layers larger than the config's tile (the serving defaults in ServingConfig too).
-TILE_OVERLAP = 64  # pixels shared by neighbouring tiles
-TILE_BATCH = 4  # tiles per forward pass
+SIZE_MULTIPLE = 32  # the U-Net halves a side five times: sides must divide by 32 (inputs are padded to it)
+# Tiled inference of large layers (`tiling.spans`; the serving defaults in ServingConfig too). The network's view
+# ends at a tile's border and reaches far (five halvings), so the fewer borders and the wider the overlap, the closer
+# a layer's answer is to the whole layer's; a tile's memory bounds its side.
+TILE_SIZE = 2048  # pixels a side a tile answers for, at most: a 2048 x 2048 layer runs whole, 4096 x 4096 in four
+TILE_OVERLAP = 256  # pixels shared by neighbouring tiles, at least
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,7 @@ class ModelConfig:
     background_sigma_px: float = 32.0  # shading: the scale of the background taken out of each channel
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # intensity: per light channel, pixels scaled to 0..1
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
-    tile_size: int = 512  # inference works on tiles of this size (larger images are tiled)
-    size_multiple: int = 32  # the U-Net needs sides divisible by this; inputs are padded
+    size_multiple: int = SIZE_MULTIPLE
     azimuths_deg: tuple[float, ...] = DEFAULT_AZIMUTHS_DEG  # channel k is lit from azimuth k
     threshold: float | None = None  # the decision threshold; None until `archive` folds in evaluate's Decision
     threshold_rule: str = ""  # how the threshold was chosen, e.g. "max-f1 on val vs truth"
@@ -87,8 +89,6 @@ class ModelConfig:
             check_pitch(self.pitch_um, "ModelConfig pitch_um")
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown backend {self.backend!r}; choose from: {', '.join(BACKENDS)}")
-        if self.tile_size % self.size_multiple:
-            raise ValueError(f"tile size {self.tile_size} must be a multiple of {self.size_multiple}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: what checkpoints and archives carry."""
@@ -97,11 +97,15 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Rebuild from `to_dict()` output; fields left out keep their defaults, unknown ones are refused. A config
-        written before models had classes carries `classes: 1` (one output): that is a binary model."""
+        written before models had classes carries `classes: 1` (one output): that is a binary model. One written
+        before tiles became a serving setting (`ServingConfig.tile_size`) carries the tile it was served with: a
+        property of serving, not of the model, so it is dropped."""
         if "classes" in data:
             if data["classes"] != 1:
                 raise ValueError(f"a ModelConfig with classes={data['classes']!r} predates class names: train it again")
             data = {k: v for k, v in data.items() if k != "classes"}
+        if "tile_size" in data:
+            data = {k: v for k, v in data.items() if k != "tile_size"}
         return serialize.from_dict(cls, data, what="ModelConfig field")
 
     def replace(self, **changes: Any) -> ModelConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +109,9 @@ def decode_layer(
                     f"{name} declares {w}x{h} = {w * h} pixels; this server accepts at most {max_pixels}",
                 )
     images = []
-    for decoding in [_decoders().submit(decode_gray, data, name) for data, name in zip(blobs, names, strict=True)]:
+    for decoding in [
+        _decoders(os.getpid()).submit(decode_gray, data, name) for data, name in zip(blobs, names, strict=True)
+    ]:
         try:
             images.append(decoding.result())
         except ImageError as err:
@@ -117,6 +120,7 @@ def decode_layer(
 
 
 @functools.cache
-def _decoders() -> ThreadPoolExecutor:
-    """The threads that decode a layer's images, made once per process."""
+def _decoders(pid: int) -> ThreadPoolExecutor:
+    """The threads that decode a layer's images, made once per process (a forked child has none of its parent's
+    threads, so it makes its own)."""
     return ThreadPoolExecutor(max_workers=LIGHTS, thread_name_prefix="decode")

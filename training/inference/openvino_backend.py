@@ -53,11 +53,12 @@ def compile_properties(threads: int) -> dict[str, Any]:
 
 
 def convert(model: nn.Module, config: ModelConfig) -> ov.Model:
-    """The float network as an OpenVINO model taking any batch and any height and width (tiles come in batches,
-    layers smaller than a tile are padded only to a multiple of `size_multiple`)."""
+    """The float network as an OpenVINO model taking any batch and any height and width (a layer is padded only
+    to a multiple of `size_multiple`, tiles have the size a layer's side calls for)."""
     import openvino as ov
 
-    example = torch.zeros(1, config.in_channels, config.tile_size, config.tile_size)
+    side = 8 * config.size_multiple  # any side the network takes: it is traced once, the result takes every side
+    example = torch.zeros(1, config.in_channels, side, side)
     with torch.no_grad():
         return ov.convert_model(model.eval(), example_input=example, input=[-1, config.in_channels, -1, -1])
 

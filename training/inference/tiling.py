@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
 
-from training.inference.config import TILE_BATCH, TILE_OVERLAP, ModelConfig
+from training.inference.config import TILE_OVERLAP, TILE_SIZE, ModelConfig
 from training.inference.postprocess import Prediction
 from training.inference.preprocess import model_channels, pad_to_multiple
 
@@ -54,29 +56,57 @@ def defect_probabilities(model: nn.Module, stacks: list[np.ndarray], config: Mod
     return [p.defect for p in predict_layers(model, stacks, config)]
 
 
+@dataclass(frozen=True)
+class Span:
+    """One tile along one side of a layer: the pixels it holds (start..stop) and those it answers for
+    (own_start..own_stop), which are the ones it holds deeper inside than any other tile does."""
+
+    start: int
+    stop: int
+    own_start: int
+    own_stop: int
+
+
+def spans(length: int, tile: int, overlap: int, multiple: int) -> list[Span]:
+    """How tiles cover one side of `length` pixels: as few as answer for at most `tile` pixels each, all of one
+    size (a multiple of `multiple`, so that none is padded inside the layer), evenly spaced, neighbours sharing at
+    least `overlap` pixels; each answers for its pixels up to the middle of its overlaps. A side that one tile
+    covers is one span, whatever its length (the whole side is padded to the multiple)."""
+    if tile < multiple or tile % multiple:
+        raise ValueError(f"tile size must be a positive multiple of {multiple}, got {tile}")
+    if not 0 <= overlap < tile:
+        raise ValueError(f"tile overlap must be within 0..{tile - 1}, got {overlap}")
+    count = -(-length // tile)
+    side = -(-(length + (count - 1) * overlap) // count)
+    side = -(-side // multiple) * multiple
+    if count == 1 or side >= length:
+        return [Span(0, length, 0, length)]
+    starts = [round(k * (length - side) / (count - 1)) for k in range(count)]
+    cuts = [0, *((after + side + before) // 2 for after, before in zip(starts[1:], starts, strict=False)), length]
+    return [Span(start, start + side, cuts[k], cuts[k + 1]) for k, start in enumerate(starts)]
+
+
+def padded(length: int, multiple: int) -> int:
+    """A layer's side padded to the multiple the network needs (`preprocess.pad_to_multiple`)."""
+    return -(-length // multiple) * multiple
+
+
+def tile_shapes(height: int, width: int, config: ModelConfig, tile: int, overlap: int) -> set[tuple[int, int]]:
+    """The (height, width) of the model inputs a layer of this size is run as."""
+    m = config.size_multiple
+    rows, columns = spans(padded(height, m), tile, overlap, m), spans(padded(width, m), tile, overlap, m)
+    return {(y.stop - y.start, x.stop - x.start) for y in rows for x in columns}
+
+
 @torch.inference_mode()
-def warm_up(model: nn.Module, config: ModelConfig, batch_size: int = TILE_BATCH) -> None:
-    """Run the model once on each input shape most layers bring (one tile; a batch of tiles), so that the first
-    requests do not pay for what a backend prepares per shape (OpenVINO compiles its kernels for each new shape, a
-    frozen TorchScript graph optimises on its first runs)."""
-    for n in sorted({1, batch_size}):
-        model(torch.zeros(n, config.in_channels, config.tile_size, config.tile_size))
-
-
-def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size `tile` covering 0..length with at least `overlap` pixels shared."""
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    return [*starts, length - tile]
-
-
-def blend_weights(tile: int, overlap: int) -> np.ndarray:
-    """(tile, tile) weights that ramp linearly over `overlap` pixels at the borders, so overlapping tiles blend."""
-    ramp = np.minimum(1.0, (np.arange(tile) + 0.5) / max(overlap, 1))
-    ramp = np.minimum(ramp, ramp[::-1]).astype(np.float32)
-    return np.outer(ramp, ramp)
+def warm_up(
+    model: nn.Module, config: ModelConfig, side: int, tile: int = TILE_SIZE, overlap: int = TILE_OVERLAP
+) -> None:
+    """Run the model once on each input shape a `side` x `side` layer is run as, so that the first such layers do
+    not pay for what a backend prepares per shape (OpenVINO compiles its kernels for each new shape, a frozen
+    TorchScript graph optimises on its first runs)."""
+    for height, width in sorted(tile_shapes(side, side, config, tile, overlap)):
+        model(torch.zeros(1, config.in_channels, height, width))
 
 
 @torch.inference_mode()
@@ -84,32 +114,23 @@ def predict_tiled(
     model: nn.Module,
     stack: np.ndarray,
     config: ModelConfig,
+    tile: int = TILE_SIZE,
     overlap: int = TILE_OVERLAP,
-    batch_size: int = TILE_BATCH,
     device: str | torch.device = "cpu",
 ) -> Prediction:
-    """The Prediction for a layer of any size: tiles of config.tile_size, overlapping by `overlap` pixels, blended.
-    Layers no larger than one tile go through the model whole."""
-    h, w = stack.shape[:2]
-    tile = config.tile_size
-    if h <= tile and w <= tile:
+    """The Prediction for a layer of any size, through tiles (`spans`) that answer for at most `tile` pixels a
+    side; a layer that one tile covers goes through the model whole. The tiles cut the input of the whole layer
+    (its statistics, its padding), and each answers for the pixels it holds deepest: a network's view ends at a
+    tile's border, so no pixel is taken from near one where a neighbouring tile sees further around it."""
+    m = config.size_multiple
+    rows, columns = (spans(padded(n, m), tile, overlap, m) for n in stack.shape[:2])
+    if len(rows) == len(columns) == 1:
         return predict_probabilities(model, stack, config, device)
-    if not 0 <= overlap < tile:
-        raise ValueError(f"tile overlap must be within 0..{tile - 1}, got {overlap}")
-    chw = model_channels(stack, config)  # (C, H, W), statistics of the whole layer
-    ph, pw = max(0, tile - h), max(0, tile - w)  # a side shorter than a tile is padded up to one
-    if ph or pw:
-        chw = np.pad(chw, ((0, 0), (0, ph), (0, pw)), mode="reflect")
-    height, width = chw.shape[1:]
-    weights = blend_weights(tile, overlap)
-    total = np.zeros((1 + len(config.class_names), height, width), np.float32)
-    norm = np.zeros((height, width), np.float32)
-    corners = [(y, x) for y in tile_starts(height, tile, overlap) for x in tile_starts(width, tile, overlap)]
-    for i in range(0, len(corners), batch_size):
-        group = corners[i : i + batch_size]
-        batch = torch.from_numpy(np.stack([chw[:, y : y + tile, x : x + tile] for y, x in group]))
-        probs = probabilities(model(batch.to(device)), config).cpu().numpy()  # (n, 1 + K, tile, tile)
-        for (y, x), p in zip(group, probs, strict=True):
-            total[:, y : y + tile, x : x + tile] += p * weights
-            norm[y : y + tile, x : x + tile] += weights
-    return prediction_of(total[:, :h, :w] / norm[:h, :w], config)
+    whole, (h, w) = model_input(stack, config)  # (1, C, H', W')
+    out = torch.empty((1 + len(config.class_names), *whole.shape[2:]))
+    for y in rows:
+        for x in columns:
+            p = probabilities(model(whole[:, :, y.start : y.stop, x.start : x.stop].contiguous().to(device)), config)
+            own = p[0, :, y.own_start - y.start : y.own_stop - y.start, x.own_start - x.start : x.own_stop - x.start]
+            out[:, y.own_start : y.own_stop, x.own_start : x.own_stop] = own.cpu()
+    return prediction_of(out[:, :h, :w].numpy(), config)

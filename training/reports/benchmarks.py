@@ -182,7 +182,7 @@ def _heads_section(rows: list[dict[str, Any]]) -> list[str]:
 
 def _tiled_target(tiled: dict[str, Any]) -> list[str]:
     """The fastest int8 build's time for the full layer against the target (a 2048² layer only)."""
-    int8 = {name: ms for name, ms in tiled["ms"].items() if name in INT8_ROWS}
+    int8 = {name: timing["median_ms"] for name, timing in tiled["ms"].items() if name in INT8_ROWS}
     if tiled["size"] != 2048 or not int8:
         return []
     name = min(int8, key=int8.get)
@@ -230,9 +230,15 @@ def render(result: Benchmark, figure: str) -> str:
             f"fp32 / int8 state dict: {sizes['fp32 state dict'] / sizes['int8 state dict']:.2f}x smaller.",
             "",
             *_accuracy_lines(result),
-            f"## One {tiled['size']}x{tiled['size']} layer, tiled ({tiled['tile']}-pixel tiles, {tiled['threads']} threads)",
+            f"## One {tiled['size']}x{tiled['size']} layer, tiled ({tiled['threads']} threads)",
             "",
-            *[f"- {name}: {ms:.0f} ms" for name, ms in tiled["ms"].items()],
+            f"Preprocessing, tiles (each answers for at most {tiled['tile']} pixels a side, neighbours sharing at least "
+            f"{tiled['overlap']}) and their probabilities; the median after two untimed runs.",
+            "",
+            *[
+                f"- {name}: {t['median_ms']:.0f} ms (p90 {t['p90_ms']:.0f}, {t['runs']} runs)"
+                for name, t in tiled["ms"].items()
+            ],
             *_tiled_target(tiled),
             "",
             *_heads_section(result.heads),

@@ -30,6 +30,7 @@ from training.inference.config import Decision, ModelConfig
 from training.inference.images import write_json
 from training.inference.loaders import load_variant, model_files, read_model_file
 from training.inference.model import state_digest
+from training.inference.tiling import tile_shapes
 from training.inference.variants import BACKENDS, MODEL_PREFIX, OPENVINO, VARIANTS
 from training.serving.timing import cpu_model, measure_alternating
 
@@ -72,32 +73,34 @@ def _origin(config: ModelConfig, payload: Any) -> str:
     return state_digest(payload)
 
 
-def time_builds(files: dict[str, Path], threads: int, repeat: int = 10, max_seconds: float = 5.0) -> dict[str, Any]:
-    """Latency of each backend's build of one variant (`files`: backend -> model file) on one tile, as the handler
-    runs it on `threads` threads, the builds taking turns; recorded in the served ModelConfig's backend_choice."""
+def time_builds(
+    files: dict[str, Path], serving: ServingConfig, repeat: int = 10, max_seconds: float = 5.0
+) -> dict[str, Any]:
+    """Latency of each backend's build of one variant (`files`: backend -> model file) on the largest tile of a
+    layer of `serving.layer_side`, as the handler runs it on `serving.threads` threads, the builds taking turns;
+    recorded in the served ModelConfig's backend_choice."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(serving.threads)
     try:
-        models = {backend: load_variant(path, threads=threads) for backend, path in files.items()}
+        models = {backend: load_variant(path, threads=serving.threads) for backend, path in files.items()}
         config = next(iter(models.values()))[0]
-        x = torch.randn(
-            1, config.in_channels, config.tile_size, config.tile_size, generator=torch.Generator().manual_seed(0)
-        )
+        shapes = tile_shapes(serving.layer_side, serving.layer_side, config, serving.tile_size, serving.tile_overlap)
+        x = torch.randn(1, config.in_channels, *max(shapes), generator=torch.Generator().manual_seed(0))
         with torch.inference_mode():
             timings = measure_alternating(
                 {b: partial(model, x) for b, (_, model) in models.items()}, repeat, max_seconds
             )
     finally:
         torch.set_num_threads(previous)
-    return {"input": list(x.shape), "threads": threads, "cpu": cpu_model(), "ms": timings}
+    return {"input": list(x.shape), "threads": serving.threads, "cpu": cpu_model(), "ms": timings}
 
 
 def served_configs(
-    checkpoint: Path, backend: str = AUTO, threads: int = ServingConfig().threads
+    checkpoint: Path, backend: str = AUTO, serving: ServingConfig = ServingConfig()
 ) -> dict[str, tuple[Path, ModelConfig]]:
     """Per registered variant: the model file it is served from and the ModelConfig it is served with (its own,
-    with the threshold `evaluate` chose). With `backend` AUTO each variant's builds are timed here on `threads`
-    threads (`time_builds`) and the fastest is served, the measurement recorded in the config; else the named
+    with the threshold `evaluate` chose). With `backend` AUTO each variant's builds are timed here as `serving`
+    runs them (`time_builds`) and the fastest is served, the measurement recorded in the config; else the named
     backend serves every variant. Every model file that may be served is checked to come from the checkpoint's
     weights, before any is timed."""
     if backend != AUTO and backend not in BACKENDS:
@@ -121,7 +124,7 @@ def served_configs(
         choice = None
         chosen = backend
         if backend == AUTO:
-            choice = time_builds(paths, threads)
+            choice = time_builds(paths, serving)
             chosen = min(choice["ms"], key=lambda b: choice["ms"][b]["median_ms"])
             log.info("%s: %s", key, ", ".join(f"{b} {t['median_ms']:.1f} ms" for b, t in choice["ms"].items()))
         config = stored[key][chosen][0].with_decision(decision).replace(backend_choice=choice)
@@ -185,5 +188,5 @@ def build_archives(
     checkpoint and the threshold `evaluate` wrote there, each on `backend` (AUTO: the fastest measured here)."""
     return {
         key: build_archive(weights, config, out_dir, f"{prefix}_{key}", serving, version)
-        for key, (weights, config) in served_configs(checkpoint, backend, serving.threads).items()
+        for key, (weights, config) in served_configs(checkpoint, backend, serving).items()
     }
