@@ -40,7 +40,7 @@ from training.inference.model import build_model, load_checkpoint, state_digest
 from training.inference.openvino_backend import OpenVINOModel
 from training.inference.postprocess import Prediction, detect
 from training.inference.quantization import QuantizationConfig, freeze, load_int8, quantize_dynamic, quantize_static
-from training.inference.tiling import predict_layers, predict_tiled
+from training.inference.tiling import padded, predict_layers, predict_tiled
 from training.inference.variants import OPENVINO
 from training.inference.variants import variant as registered
 from training.learning.dataset import load_split
@@ -52,6 +52,9 @@ from training.serving.timing import measure, measure_alternating
 log = logging.getLogger(__name__)
 
 LAYER_REPEAT = 5  # timed runs of the full layer through tiled inference, after two untimed
+# `seams`: what tiles change, measured with tiles smaller than the layer (the served default runs 2048 whole)
+SEAM_OVERLAPS = (64, 128, 256)
+SEAM_MOSAICS = 3
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class Benchmark:
     cpu: dict[str, Any]  # `cpu_description()`
     rows: list[dict[str, Any]]  # variant, size, batch, threads, precision, gmac and `measure`'s median_ms, p90_ms, runs
     sizes_bytes: dict[str, int]  # model file -> bytes
-    tiled_layer: dict[str, Any]  # size, tile, overlap, threads, and per model `measure` of one full layer
+    tiled_layer: dict[str, Any]  # size, tile, overlap, threads, per model `measure` of one full layer, `seams`
     gmac_512: float  # convolution GMAC of one 512 x 512 frame
     heads: list[dict[str, Any]] = field(default_factory=list)  # `served_heads` rows; [] before them
     peaks: dict[str, dict[str, float]] = field(default_factory=dict)  # `measured_peaks`; {} before them
@@ -402,10 +405,11 @@ def bench(
     ):
         tiled[name] = measure(lambda net=net: predict_tiled(net, layer, config, serving.tile_size, serving.tile_overlap),
                               LAYER_REPEAT, 3 * max_seconds)  # fmt: skip
-    tiled_layer = {"size": layer_size, "tile": serving.tile_size, "overlap": serving.tile_overlap,
-                   "threads": max(threads), "ms": tiled}  # fmt: skip
     threshold = _threshold(checkpoint, model)
     test = load_split(data, "test", "heuristic")
+    tiled_layer = {"size": layer_size, "tile": serving.tile_size, "overlap": serving.tile_overlap,
+                   "threads": max(threads), "ms": tiled,
+                   "seams": seams(OpenVINOModel(ov_int8, max(threads)), config, [r.stack for r in test], threshold)}  # fmt: skip
     agreements = accuracy(model, {
         "fp32 channels_last": ChannelsLast(copy.deepcopy(model)),
         "static int8 FX frozen": freeze(int8, example),
@@ -422,6 +426,31 @@ def bench(
     heads = served_heads(config, model, records[0].stack, calib, settings, threshold, repeat, max_seconds)
     return Benchmark(command, str(checkpoint), cpu_description(), rows, sizes_bytes, tiled_layer,
                      conv_macs(model, 512) / 1e9, heads, peaks, agreements)  # fmt: skip
+
+
+def seams(
+    model: torch.nn.Module, config: ModelConfig, stacks: list[np.ndarray], threshold: float,
+    overlaps: tuple[int, ...] = SEAM_OVERLAPS, mosaics: int = SEAM_MOSAICS,
+) -> dict[str, Any]:  # fmt: skip
+    """How far tiles move a large layer's decisions from the whole layer's: layers of 4 x 4 test layers, each
+    through 2 x 2 tiles (each answering for 2 x 2 test layers) with each overlap smaller than a tile, and through
+    the model whole; the share of pixels decided differently at `threshold`, over all the mosaics."""
+    side = min(min(s.shape[:2]) for s in stacks) // config.size_multiple * config.size_multiple
+    tile = 2 * side
+    overlaps = tuple(o for o in overlaps if o < tile)
+    changed = dict.fromkeys(overlaps, 0)
+    pixels = 0
+    for m in range(mosaics):
+        layers = [stacks[(16 * m + k) % len(stacks)][:side, :side] for k in range(16)]
+        mosaic = np.concatenate([np.concatenate(layers[row * 4 : row * 4 + 4], axis=1) for row in range(4)])
+        whole = predict_tiled(model, mosaic, config, padded(max(mosaic.shape[:2]), config.size_multiple), overlap=0)
+        decided = whole.defect >= np.float32(threshold)
+        pixels += decided.size
+        for overlap in overlaps:
+            tiled = predict_tiled(model, mosaic, config, tile, overlap).defect >= np.float32(threshold)
+            changed[overlap] += int(np.count_nonzero(tiled != decided))
+    return {"layer": 4 * side, "tile": tile, "mosaics": mosaics,
+            "changed_share": {str(o): changed[o] / pixels for o in overlaps}}  # fmt: skip
 
 
 def head_configs(config: ModelConfig) -> dict[str, ModelConfig]:

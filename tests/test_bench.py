@@ -59,11 +59,14 @@ def test_bench_command_writes_the_report(tiny_run, tmp_path, repo_root):
     assert set(accuracy) >= {"OpenVINO fp32", "OpenVINO int8 (NNCF)", "static int8 FX frozen"}
     assert accuracy["OpenVINO fp32"]["mask_iou"] > 0.999  # the same weights
     assert set(raw["tiled_layer"]["ms"]) >= {"OpenVINO int8 (NNCF)", "static int8 FX frozen"}
+    seams = raw["tiled_layer"]["seams"]  # 64-pixel test layers: 256 mosaics through 128 tiles
+    assert (seams["layer"], seams["tile"]) == (256, 128) and 0 <= seams["changed_share"]["64"] <= 1
     heads = {(r["variant"], r["head"]) for r in raw["heads"]}
     assert heads == {(v, h) for v in ("fp32 channels_last", "static int8 FX frozen") for h in ("class", "binary")}
     assert all(r["runs"] == 3 and 0 < r["median_ms"] <= r["p90_ms"] for r in raw["heads"])
     text = report.read_text()
     assert "python -m bench model" in text and "| static int8 FX frozen |" in text
+    assert "What tiles change: 3 layers of 256²" in text
     assert "class head vs binary head" in text and "| fp32 channels_last | " in text
     assert (tmp_path / "bench.png").stat().st_size > 1000
     # the report again from the raw figures alone, through the old command line, which forwards to bench model

@@ -25,7 +25,8 @@ def bench_result() -> Benchmark:
     sizes = {"fp32 state dict": 8_000_000, "int8 state dict": 2_000_000}
     tiled = {"size": 2048, "tile": 2048, "overlap": 256, "threads": 2,
              "ms": {name: {"median_ms": ms, "p90_ms": ms + 10, "runs": 5}
-                    for name, ms in (("fp32 eager", 9000.0), ("OpenVINO int8 (NNCF)", 450.0))}}  # fmt: skip
+                    for name, ms in (("fp32 eager", 9000.0), ("OpenVINO int8 (NNCF)", 450.0))},
+             "seams": {"layer": 2048, "tile": 1024, "mosaics": 3, "changed_share": {"64": 0.006, "256": 0.0003}}}  # fmt: skip
     heads = [{"variant": v, "head": h, "size": 512, "threads": 2, "median_ms": ms, "p90_ms": ms + 2, "runs": 20}
              for v, h, ms in (("fp32 channels_last", "class", 84.0), ("fp32 channels_last", "binary", 80.0),
                               ("static int8 FX frozen", "class", 22.0), ("static int8 FX frozen", "binary", 20.0))]  # fmt: skip
@@ -56,6 +57,9 @@ def test_the_benchmarks_report_states_the_served_int8_speed_up_and_its_provenanc
     assert "| OpenVINO int8 (NNCF) | 0.9850 | 1.000 | 0.800 | 0.797 | 0.0030 |" in lines
     assert "- fastest int8 (OpenVINO int8 (NNCF)): 450 ms (target <= 500 ms: met)" in lines
     assert "- OpenVINO int8 (NNCF): 450 ms (p90 460, 5 runs)" in lines
+    assert any(
+        "the share of pixels decided differently, by overlap: 64 px: 0.600%, 256 px: 0.030%" in line for line in lines
+    )
     assert "| fp32 eager | 120.0 (121.0) |" in lines and "fp32 / int8 state dict: 4.00x smaller." in lines
     assert "| fp32 channels_last | 84.0 (86.0) | 80.0 (82.0) | 1.050 | 20 |" in lines  # class / binary head
     assert "| static int8 FX frozen | 22.0 (24.0) | 20.0 (22.0) | 1.100 | 20 |" in lines

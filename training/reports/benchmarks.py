@@ -191,6 +191,17 @@ def _tiled_target(tiled: dict[str, Any]) -> list[str]:
             f"{'met' if int8[name] <= target else 'not met'})"]  # fmt: skip
 
 
+def _seams_lines(seams: dict[str, Any] | None) -> list[str]:
+    """What tiles change in a large layer's answer, per overlap (`bench.model.seams`)."""
+    if not seams:
+        return []
+    shares = ", ".join(f"{o} px: {100 * share:.3f}%" for o, share in seams["changed_share"].items())
+    return ["", f"What tiles change: {seams['mosaics']} layers of {seams['layer']}² (4 x 4 test layers), through tiles "
+            f"answering for at most {seams['tile']} pixels a side against the served int8 build on the whole layer; "
+            f"the share of pixels decided differently, by overlap: {shares}. The network's view ends at a tile's "
+            "border and reaches far, so the served default runs layers up to its tile size whole."]  # fmt: skip
+
+
 def render(result: Benchmark, figure: str) -> str:
     """The Markdown of the report, which shows the figure named `figure` (a file beside it)."""
     threads, ref = _reference(result)
@@ -240,6 +251,7 @@ def render(result: Benchmark, figure: str) -> str:
                 for name, t in tiled["ms"].items()
             ],
             *_tiled_target(tiled),
+            *_seams_lines(tiled.get("seams")),
             "",
             *_heads_section(result.heads),
             f"![latency]({figure})",
