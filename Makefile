@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements
 
-.PHONY: setup java browser-deps chromium demo serve stop web test lint format label-report results results-data results-train results-prototype results-docs clean
+.PHONY: setup java browser-deps chromium image image-test demo serve stop web test lint format label-report results results-data results-train results-prototype results-docs clean
 
 setup: $(STAMP) java
 
@@ -68,6 +68,16 @@ web: $(STAMP)
 
 test: setup lint browser-deps
 	$(PY) -m pytest
+
+# The serving image (docker/Dockerfile) from the archives in model_store/ (`python -m training archive`, or make demo),
+# built with podman on a Debian bookworm base made with debootstrap where no registry answers (podman, runc and
+# debootstrap are installed with apt-get when missing and running as root: training/serving/image.py).
+image: setup
+	$(PY) -m training image --archives model_store
+
+# Builds the image with the tests' tiny archives, runs it, and checks its answers, user, listeners and SIGTERM drain.
+image-test: setup
+	$(PY) -m pytest tests/test_image.py
 
 # The browser tests drive Debian's chromium (never a browser a test tool downloads) with Playwright, and check
 # accessibility with axe-core, fetched from the npm registry and checked against its published sha512.

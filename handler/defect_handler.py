@@ -11,9 +11,12 @@ wrong, and the others are answered normally. The worker never dies of input.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,25 @@ from training.inference.tiling import predict_tiled, warm_up
 from training.inference.variants import variant_of
 
 log = logging.getLogger(__name__)
+
+# A folder where the worker keeps a file (named by its process id) while it answers, when the environment names one:
+# the serving container drains by it before it stops TorchServe (docker/serve.py, which sets it).
+BUSY_DIR_VARIABLE = "DEFECTS_BUSY_DIR"
+
+
+@contextlib.contextmanager
+def answering() -> Iterator[None]:
+    """Keep this worker's file in the busy folder (if the environment names one) for the duration."""
+    folder = os.environ.get(BUSY_DIR_VARIABLE)
+    if not folder:
+        yield
+        return
+    marker = Path(folder) / str(os.getpid())
+    marker.touch()
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
 
 
 class DefectHandler(BaseHandler):
@@ -65,15 +87,16 @@ class DefectHandler(BaseHandler):
         """Answer every request of the batch on its own (compact JSON); a bad one gets its own 4xx."""
         self.context = context
         answers = []
-        for idx, request in enumerate(data):
-            try:
-                answer = self._answer(request, idx)
-            except BadRequest as err:
-                log.info("request %d refused (%d %s): %s", idx, err.code, err.reason, err)
-                context.set_response_status(err.code, err.phrase, idx)
-                answer = err.answer()
-            context.set_response_content_type(idx, "application/json")
-            answers.append(json.dumps(to_dict(answer), separators=(",", ":")))
+        with answering():
+            for idx, request in enumerate(data):
+                try:
+                    answer = self._answer(request, idx)
+                except BadRequest as err:
+                    log.info("request %d refused (%d %s): %s", idx, err.code, err.reason, err)
+                    context.set_response_status(err.code, err.phrase, idx)
+                    answer = err.answer()
+                context.set_response_content_type(idx, "application/json")
+                answers.append(json.dumps(to_dict(answer), separators=(",", ":")))
         return answers
 
     def _answer(self, request: dict[str, Any], idx: int) -> Answer:

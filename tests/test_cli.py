@@ -39,7 +39,7 @@ def test_the_command_list_is_complete():
     }
     assert {c for p, c in commands if p == "client"} == {"predict", "batch", "ab-report"}
     assert {c for p, c in commands if p == "training"} == {"synth", "prepare", "train", "evaluate", "quantize",
-                                                           "bench", "archive", "serve", "stop", "schema", "deployments"}  # fmt: skip
+                                                           "bench", "archive", "serve", "stop", "schema", "deployments", "image"}  # fmt: skip
 
 
 def _parser(program: str):

@@ -295,3 +295,25 @@ def test_both_backends_give_the_same_answer_within_the_stated_tolerance(variant,
         assert iou >= SAME_WEIGHTS_MASK_IOU
     else:
         assert iou >= OWN_QUANTIZATION_MASK_IOU
+
+
+def test_the_worker_keeps_a_busy_file_while_it_answers(loaded_int8, monkeypatch, tmp_path):
+    """The serving container drains by these files before it stops TorchServe (docker/serve.py)."""
+    import os
+
+    from handler.defect_handler import BUSY_DIR_VARIABLE
+
+    handler, context, _ = loaded_int8
+    monkeypatch.setenv(BUSY_DIR_VARIABLE, str(tmp_path))
+    model, seen = handler.model, []
+
+    def recording(x):
+        seen.append(sorted(p.name for p in tmp_path.iterdir()))
+        return model(x)
+
+    monkeypatch.setattr(handler, "model", recording)
+    [(code, _)] = serve(handler, context, [multipart(layer_blobs(64))])
+    assert code == 200 and seen == [[str(os.getpid())]]
+    assert not list(tmp_path.iterdir())  # gone once answered
+    [(code, _)] = serve(handler, context, [multipart(layer_blobs(64)[:2])])  # refused: gone all the same
+    assert code == 400 and not list(tmp_path.iterdir())

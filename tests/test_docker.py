@@ -1,5 +1,5 @@
-"""The serving image's Dockerfile: hadolint-clean, and in step with the repository (pins, config, ports, user,
-the files it copies). No Docker engine runs here, so the image itself is not built by the tests."""
+"""The serving image's Dockerfile and its build: hadolint-clean, in step with the repository (pins, config, ports,
+user, the files it copies), and a build that lacks something says what. tests/test_image.py builds and runs it."""
 
 import fnmatch
 import re
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pytest
 import yaml
 
 from training.serving.launcher import LISTENERS, read_properties
@@ -31,8 +32,20 @@ def test_hadolint_finds_nothing():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_based_on_the_official_torchserve_cpu_image():
-    assert instructions("FROM") == ["pytorch/torchserve:0.12.0-cpu"]
+def test_every_stage_is_on_the_base_image_build_argument_debian_bookworm_by_default():
+    assert instructions("ARG")[0] == "BASE_IMAGE=debian:bookworm-slim"
+    assert {line.split()[0] for line in instructions("FROM")} == {"${BASE_IMAGE}"}
+
+
+def test_a_base_without_python_3_11_fails_the_build_at_once_saying_so():
+    [check] = [line for line in instructions("RUN") if "sys.version_info" in line]
+    snippet = shlex.split(check[check.index("python3 -c") :])[2]
+    ok = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True)
+    assert ok.returncode == 0  # this Python is 3.11, as bookworm's
+    newer = subprocess.run([sys.executable, "-c", f"import sys; sys.version_info = (3, 13, 0)\n{snippet}"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert newer.returncode == 1
+    assert "the base image gives Python 3.13; the pinned wheels need Python 3.11" in newer.stderr
 
 
 def test_serving_pins_are_the_repository_pins():
@@ -63,16 +76,34 @@ def test_runs_as_a_fixed_non_root_user_that_k8s_runs_as_too():
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(user)
 
 
-def test_healthcheck_pings_with_the_inference_key():
+def test_the_health_check_asks_whether_the_models_are_loaded_with_no_key_of_its_own():
     [check] = instructions("HEALTHCHECK")
-    assert "/ping" in check and "key_file.json" in check and "Authorization" in check
+    command = yaml.safe_load(check[check.index("CMD") + 4 :])
+    assert command == ["python", "/opt/defects/serve.py", "--check", "ready"]
+    assert "key" not in check.lower()  # serve.py reads key_file.json and renews an expired management key
 
 
-def test_starts_torchserve_as_the_tests_do():
+def test_tini_passes_signals_to_serve_py_which_drains_then_stops_torchserve():
     [entrypoint] = instructions("ENTRYPOINT")
-    command = yaml.safe_load(entrypoint)  # the JSON form
-    assert command[:4] == ["torchserve", "--start", "--foreground", "--ncs"]
-    assert command[command.index("--ts-config") + 1] == "/home/model-server/config.properties"
+    assert yaml.safe_load(entrypoint) == ["tini", "--", "python", "/opt/defects/serve.py"]
+    serve = _serve_module()
+    assert Path("/home/model-server/config.properties") == serve.CONFIG
+    assert "/home/model-server/config.properties" in [shlex.split(c)[-1] for c in instructions("COPY")]
+
+
+def test_serve_py_and_the_handler_name_the_same_busy_folder_variable():
+    from handler.defect_handler import BUSY_DIR_VARIABLE
+
+    assert _serve_module().BUSY_DIR_VARIABLE == BUSY_DIR_VARIABLE
+
+
+def _serve_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve", ROOT / "docker" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_everything_copied_is_in_the_build_context():
@@ -87,6 +118,8 @@ def test_everything_copied_is_in_the_build_context():
         return keep
 
     for copy in instructions("COPY"):
+        if "--from=" in copy:  # from another stage
+            continue
         parts = [p for p in shlex.split(copy) if not p.startswith("--")]
         for source in parts[:-1]:
             assert included(source), f"{source} is excluded by .dockerignore"
@@ -100,3 +133,74 @@ def test_the_image_carries_every_registered_archive():
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     copied = re.findall(r"model_store/([\w.]+\.mar)", dockerfile)
     assert sorted(copied) == sorted(v.archive for v in VARIANTS)
+
+
+def test_a_build_without_an_archive_or_a_pinned_wheel_says_what_is_missing(tmp_path, tiny_store):
+    from training.serving import image
+
+    wheelhouse = tmp_path / "wheels"
+    wheelhouse.mkdir()
+    for name, version in image.pins().items():
+        if name != "openvino":
+            (wheelhouse / f"{name}-{version}-py3-none-any.whl").write_bytes(b"")
+    assert image.missing_wheels(wheelhouse) == [f"openvino=={image.pins()['openvino']}"]
+    (tmp_path / "context").mkdir()
+    with pytest.raises(image.ImageError, match=r"has no wheel of openvino==\S+ \(pinned in docker/requirements"):
+        image.stage(tmp_path / "context", tiny_store, wheelhouse)
+    store = tmp_path / "store"
+    store.mkdir()
+    with pytest.raises(image.ImageError, match=r"missing archive\(s\) \S+/defect_fp32.mar, \S+/defect_int8.mar"):
+        image.stage(tmp_path / "context", store, wheelhouse)
+
+
+def test_serve_py_answers_every_request_in_flight_at_sigterm_then_stops_torchserve(tiny_store, tmp_path):
+    """The container's main process, here on this machine (tests/test_image.py runs it in the image): TorchServe's
+    own shutdown would close the connections of requests in flight; serve.py drains them first."""
+    import signal
+    import threading
+    import time
+
+    from tests.images_for_tests import encode, triplet
+    from tests.service import answer_of
+    from training.inference.variants import model_names
+    from training.serving.launcher import GRPC_LISTENERS, free_port, prepare
+
+    home = tmp_path / "home"
+    ports = {name: free_port() for name in (*LISTENERS, *GRPC_LISTENERS)}
+    addresses = {f"{name}_address": f"http://127.0.0.1:{ports[name]}" for name in LISTENERS}
+    metrics = {"metrics_config": str(ROOT / "handler" / "metrics.yaml")}
+    server = prepare(tiny_store, home, ports=ports, config=ROOT / "docker" / "config.properties",
+                     overrides={**addresses, **metrics})  # fmt: skip
+    env = {**server.env(), "TS_CONFIG": str(home / "config.properties"), "DEFECTS_HOME": str(home)}
+    serve = subprocess.Popen([sys.executable, str(ROOT / "docker" / "serve.py")], cwd=home, env=env)
+    try:
+        server.wait_ready()
+        check = [sys.executable, str(ROOT / "docker" / "serve.py"), "--check", "ready"]
+        assert subprocess.run(check, env=env, capture_output=True, text=True).stdout.strip() == "ready"
+        blobs = [encode(im) for im in triplet(2048, seed=4)]
+        results = []
+
+        def send() -> None:
+            try:
+                results.append(answer_of(server, model_names()[0], blobs, return_mask=False)["defect_area_px"] >= 0)
+            except Exception as err:
+                results.append(repr(err))
+
+        threads = [threading.Thread(target=send) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while not list((home / "busy").glob("*")):
+            assert time.monotonic() < deadline, "no request reached a worker"
+            time.sleep(0.01)
+        serve.send_signal(signal.SIGTERM)
+        assert subprocess.run(check, env=env, capture_output=True, text=True).stdout.strip() == "draining"
+        for thread in threads:
+            thread.join(timeout=300)
+        assert results == [True] * 4, results
+        assert serve.wait(timeout=120) == 0
+        assert subprocess.run(check, env=env, capture_output=True, text=True).returncode == 1  # it is gone
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        server.stop()

@@ -12,7 +12,7 @@ from training.cli import data, deployments, learning, serving
 COMMANDS = (
     data.add_synth, data.add_prepare, learning.add_train, learning.add_evaluate, learning.add_quantize,
     serving.add_bench, serving.add_archive, serving.add_serve, serving.add_stop, serving.add_schema,
-    deployments.add_deployments,
+    deployments.add_deployments, deployments.add_image,
 )  # fmt: skip
 
 

@@ -37,3 +37,38 @@ def run_deployments(args: argparse.Namespace, argv: list[str]) -> str:
     for name, text in rendered.items():
         write_atomic(repo / name, text.encode())
     return f"wrote {', '.join(rendered)} from config.properties ({len(outdated)} of {len(rendered)} changed)"
+
+
+def add_image(sub: argparse._SubParsersAction) -> None:
+    from pathlib import Path
+
+    from training.serving import image
+
+    p = sub.add_parser(
+        "image",
+        help="build the serving image (docker/Dockerfile) with podman",
+        description="Build the serving image with podman from the archives in --archives: on a Debian bookworm "
+        f"base (the registry's {image.REGISTRY_BASE}, or {image.LOCAL_BASE} made here with debootstrap when no "
+        f"registry answers), its Python packages from a wheelhouse ({image.WHEELHOUSE.relative_to(image.ROOT)}, "
+        "downloaded from the pinned docker/requirements-serving.txt when a pin is missing). podman, runc and "
+        "debootstrap are installed with apt-get when missing and running as root.",
+    )
+    p.add_argument(
+        "--archives", type=Path, default=Path("model_store"), help="folder of the archives (default: model_store)"
+    )
+    p.add_argument("--tag", default=image.IMAGE, help=f"image name (default: {image.IMAGE})")
+    p.add_argument("--base", help="base image, any Debian bookworm (default: found or made, see above)")
+    p.add_argument(
+        "--wheelhouse",
+        type=Path,
+        default=image.WHEELHOUSE,
+        help="folder of wheels for every pin (default: %(default)s)",
+    )
+    p.set_defaults(run=run_image)
+
+
+def run_image(args: argparse.Namespace, argv: list[str]) -> str:
+    from training.serving import image
+
+    built = image.build(args.archives, args.tag, args.base, args.wheelhouse)
+    return f"built {built.tag} on {built.base} in {built.seconds:.0f} s: {built.size_bytes / 1e9:.2f} GB"

@@ -147,19 +147,17 @@ def _torchserve() -> str:
     return str(found) if found.exists() else (shutil.which("torchserve") or "torchserve")
 
 
-def start(
+def prepare(
     model_store: Path,
     home: Path,
     models: tuple[str, ...] | None = None,
     ports: dict[str, int] | None = None,
     config: Path = CONFIG,
-    foreground: bool = False,
-    timeout: float = 180.0,
     overrides: dict[str, str] | None = None,
 ) -> Server:
-    """TorchServe with `config`, the archives `<model>.mar` of `model_store`, and its files under `home`. Ports
-    default to the config's; `foreground` keeps it a child of this process (the tests' way); `overrides` replace
-    further settings (e.g. the CORS origin of a page on another port)."""
+    """A server's home folder with its config.properties: `config` with the archives `<model>.mar` of
+    `model_store`, ports replaced when given (gRPC and worker ports too, so that servers can run side by side), and
+    further settings from `overrides` (e.g. the CORS origin of a page on another port)."""
     models = models or model_names()  # every registered variant
     home, model_store = Path(home).resolve(), Path(model_store).resolve()
     for model in models:
@@ -186,7 +184,23 @@ def start(
         changes["initial_worker_port"] = str(ports.get("workers", ports["inference"] + 1000))
     changes.update(overrides or {})
     (home / "config.properties").write_text(render_config(config, changes))
-    server = Server(home, urls, tuple(models))
+    return Server(home, urls, tuple(models))
+
+
+def start(
+    model_store: Path,
+    home: Path,
+    models: tuple[str, ...] | None = None,
+    ports: dict[str, int] | None = None,
+    config: Path = CONFIG,
+    foreground: bool = False,
+    timeout: float = 180.0,
+    overrides: dict[str, str] | None = None,
+) -> Server:
+    """TorchServe as `prepare` sets it up, started and ready: every model has a loaded worker. `foreground` keeps it
+    a child of this process (the tests' way)."""
+    server = prepare(model_store, home, models, ports, config, overrides)
+    home = server.home
     command = [_torchserve(), "--start", "--ncs", "--ts-config", str(home / "config.properties")]
     log = open(home / "torchserve.out", "ab")  # noqa: SIM115 - the server keeps writing after this returns
     if foreground:
