@@ -107,6 +107,34 @@ def run_serving(args: argparse.Namespace, argv: list[str]) -> str:
     return f"{report.summary(result)}; wrote {args.report}" + (f" and {args.json}" if args.json else "")
 
 
+def add_image(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "image",
+        help="the serving image: size, build time, start to first answer, latency beside this machine, SIGTERM",
+        description="Build the serving image from the model store's archives without and with the layer cache, run "
+        "it, time `podman run` to its first answer, time one layer in the container and on a TorchServe of the same "
+        "archives on this machine taking turns, then SIGTERM it with large layers in flight; write docs/image.md.",
+    )
+    p.add_argument("--model-store", type=Path, default=Path("model_store"), help="default: model_store")
+    p.add_argument("--size", type=int, default=512, help="layer side of the latency rows (default: 512)")
+    p.add_argument("--repeat", type=int, default=20, help="timed requests to each server (default: 20)")
+    p.add_argument("--report", type=Path, default=Path("docs/image.md"), help="default: docs/image.md")
+    p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
+    p.set_defaults(run=run_image)
+
+
+def run_image(args: argparse.Namespace, argv: list[str]) -> str:
+    from bench import image
+    from training.inference.images import write_json
+    from training.reports import image as report
+
+    result = image.run(args.model_store, args.size, args.repeat, command=command_line(argv))
+    report.write_report(result, args.report)
+    if args.json:
+        write_json(args.json, result.to_dict())
+    return f"{report.summary(result)}; wrote {args.report}" + (f" and {args.json}" if args.json else "")
+
+
 def add_load(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("load", help="load per variant with memory before and after, then a worker killed under load",
                        description="Against a TorchServe of the checkpoint's archives on loopback: --requests per "
@@ -288,7 +316,7 @@ def run_generalization(args: argparse.Namespace, argv: list[str]) -> str:
     )
 
 
-COMMANDS = (add_model, add_serving, add_load, add_matrix, add_second_renderer, add_generalization)
+COMMANDS = (add_model, add_serving, add_image, add_load, add_matrix, add_second_renderer, add_generalization)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ def test_the_command_list_is_complete():
     assert {c for p, c in commands if p == "bench"} == {
         "model",
         "serving",
+        "image",
         "load",
         "matrix",
         "second-renderer",

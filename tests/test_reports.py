@@ -195,3 +195,21 @@ def test_a_changed_document_is_not_a_change_of_the_code(tmp_path):
     finally:
         provenance.ROOT = original
         provenance.source_commit.cache_clear()
+
+
+def test_the_image_report_shows_each_figure_with_its_command():
+    from bench.image import ImageBench
+    from training.reports.image import render
+
+    result = ImageBench(
+        "python -m bench image --model-store model_store", "AMD EPYC", "localhost/lpbf-defects/serving:latest",
+        "localhost/debian:bookworm-minbase", 6_860_000_000, {"without cache": 294.0, "with cache": 3.0}, 14.2,
+        "defect_int8", 512, {"container": {"median_ms": 80.0, "p90_ms": 90.0, "runs": 20},
+                             "this machine": {"median_ms": 78.0, "p90_ms": 85.0, "runs": 20}},
+        {"in_flight": 4, "answered": 4, "drain_s": 11.6, "exit_code": 0, "model": "defect_int8", "size": 2048},
+    )  # fmt: skip
+    text = render(ImageBench.from_dict(result.to_dict()))
+    assert "python -m bench image --model-store model_store" in text and "Produced by `python -m bench image`" in text
+    assert "6.86 GB" in text and "| 294 s |" in text and "| 3 s |" in text
+    assert "80.0 (90.0) ms, 20 runs" in text and "(container / this machine: 1.03)" in text
+    assert "4 answered, exit code 0, 11.6 s from SIGTERM to exit" in text

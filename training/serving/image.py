@@ -13,6 +13,7 @@ podman here: `--isolation chroot` to build (no nested namespaces), runc as the r
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -20,7 +21,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +44,8 @@ CONTEXT_FILES = (
     "handler/metrics.yaml",
 )
 IMAGE = "localhost/lpbf-defects/serving:latest"
+CONTAINER_HOME = "/home/model-server/run"  # the image's WORKDIR: key_file.json, logs, the busy folder (docker/serve.py)
+SERVE = "/opt/defects/serve.py"  # the image's main process and probes
 REGISTRY_BASE = "docker.io/library/debian:bookworm-slim"
 LOCAL_BASE = "localhost/debian:bookworm-minbase"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -163,8 +169,11 @@ def stage(context: Path, archives: Path, wheelhouse: Path) -> None:
             shutil.copy2(wheel, context / "docker" / "wheelhouse" / wheel.name)
 
 
-def build(archives: Path, tag: str = IMAGE, base: str | None = None, wheelhouse: Path = WHEELHOUSE) -> Build:
-    """Build the serving image from the archives in `archives`; the wheelhouse is made first when it lacks a pin."""
+def build(
+    archives: Path, tag: str = IMAGE, base: str | None = None, wheelhouse: Path = WHEELHOUSE, cache: bool = True
+) -> Build:
+    """Build the serving image from the archives in `archives`; the wheelhouse is made first when it lacks a pin.
+    `cache=False` builds every layer again (the base image and the wheelhouse are kept)."""
     ensure_tools()
     if missing_wheels(wheelhouse) and wheelhouse == WHEELHOUSE:
         make_wheelhouse(wheelhouse)
@@ -174,8 +183,101 @@ def build(archives: Path, tag: str = IMAGE, base: str | None = None, wheelhouse:
         stage(context, Path(archives), wheelhouse)
         started = time.perf_counter()
         podman("build", "--format", "docker", "--isolation", "chroot", "--network", "host", "--layers",
+               *(() if cache else ("--no-cache",)),
                "--build-arg", f"BASE_IMAGE={base}", "-f", str(context / "docker" / "Dockerfile"), "-t", tag,
                str(context))  # fmt: skip
         seconds = time.perf_counter() - started
     size = int(podman("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip())
     return Build(tag, base, round(seconds, 1), size)
+
+
+@dataclass
+class Container:
+    """A running container of the serving image, its listeners published on loopback ports of this machine."""
+
+    name: str
+    ports: dict[str, int]  # listener (LISTENERS) -> port on 127.0.0.1
+    started: float  # time.perf_counter() when it was started
+
+    def url(self, listener: str) -> str:
+        return f"http://127.0.0.1:{self.ports[listener]}"
+
+    def exec(self, *command: str, check: bool = True) -> subprocess.CompletedProcess:
+        return podman("exec", self.name, *command, check=check)
+
+    def ready(self) -> bool:
+        """The image's own readiness check: every model's workers loaded, not draining."""
+        return self.exec("python", SERVE, "--check", "ready", check=False).returncode == 0
+
+    def state(self) -> str:
+        return podman("inspect", "--format", "{{.State.Status}}", self.name, check=False).stdout.strip() or "gone"
+
+    def wait_ready(self, timeout: float = 300.0) -> float:
+        """Seconds from the start until ready; raises with the container's log when it stops or times out."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if self.state() != "running" or time.monotonic() > deadline:
+                raise ImageError(
+                    f"container {self.name} {self.state()}, not ready after {timeout:.0f} s:\n{self.logs()}"
+                )
+            time.sleep(0.5)
+        return time.perf_counter() - self.started
+
+    def keys(self) -> dict[str, str]:
+        """{"inference": ..., "management": ..., "API": ...} from the container's key_file.json."""
+        data = json.loads(self.exec("cat", f"{CONTAINER_HOME}/key_file.json").stdout)
+        return {name: entry["key"] for name, entry in data.items()}
+
+    def answering(self) -> bool:
+        """A handler is answering a request now (its busy file, docker/serve.py)."""
+        return bool(self.exec("ls", f"{CONTAINER_HOME}/busy", check=False).stdout.strip())
+
+    def logs(self) -> str:
+        done = podman("logs", self.name, check=False)
+        return (done.stdout + done.stderr)[-4000:]
+
+    def remove(self) -> None:
+        podman("rm", "--force", "--time", "5", self.name, check=False)
+
+
+def run(tag: str = IMAGE, name: str | None = None) -> Container:
+    """Start the image detached, each listener of docker/config.properties published on a free loopback port."""
+    from training.serving.launcher import LISTENERS, free_port, read_properties
+
+    config = read_properties(ROOT / "docker" / "config.properties")
+    inside = {n: int(config[f"{n}_address"].rsplit(":", 1)[1]) for n in LISTENERS}
+    ports = {n: free_port() for n in LISTENERS}
+    name = name or f"defects-{uuid.uuid4().hex[:8]}"
+    publish = [f"--publish=127.0.0.1:{ports[n]}:{inside[n]}" for n in LISTENERS]
+    started = time.perf_counter()
+    podman("run", "--detach", "--name", name, *ULIMITS, *publish, tag)
+    return Container(name, ports, started)
+
+
+def sigterm_in_flight(container: Container, send: Callable[[], object], count: int, timeout: float = 300.0) -> dict:
+    """`count` requests at once (each `send()`, which returns a result or raises), SIGTERM to the container once a
+    handler answers the first, then every result and how the container ended: {"in_flight", "answered" (results
+    that are not errors), "results", "drain_s" (SIGTERM to exit), "exit_code"}."""
+    results: list[object] = []
+
+    def one() -> None:
+        try:
+            results.append(send())
+        except Exception as err:  # a lost request is a result to count, whatever it raised
+            results.append(err)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    while not container.answering():
+        if time.monotonic() > deadline:
+            raise ImageError(f"no request reached a handler in {timeout:.0f} s:\n{container.logs()}")
+        time.sleep(0.05)
+    signalled = time.perf_counter()
+    podman("kill", "--signal", "TERM", container.name)
+    for thread in threads:
+        thread.join(timeout=timeout)
+    exit_code = podman("wait", container.name, timeout=timeout).stdout.strip()
+    return {"in_flight": count, "answered": sum(not isinstance(r, Exception) for r in results), "results": results,
+            "drain_s": round(time.perf_counter() - signalled, 1), "exit_code": int(exit_code)}  # fmt: skip
