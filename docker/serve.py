@@ -4,6 +4,8 @@ and the handler's dependencies, the archives hold the handler).
     serve.py                 start TorchServe in the foreground; on SIGTERM or SIGINT, drain, then stop it
     serve.py --check ready   exit 0 when every model has all its workers loaded, and the server is not draining
     serve.py --check live    exit 0 when the inference listener accepts a connection
+    serve.py --drain         a cluster's preStop hook: mark the server as draining, wait for the endpoints to drop
+                             it, then until nothing is in flight (the SIGTERM that follows finds nothing to wait for)
 
 Draining: TorchServe's own shutdown (its JVM shutdown hook) closes every connection at once, so a request in flight
 at SIGTERM would be lost. Here SIGTERM first marks the server as draining (readiness fails, so a cluster sends it no
@@ -39,6 +41,7 @@ BUSY_DIR = HOME / "busy"
 DRAIN_SECONDS = float(os.environ.get("DEFECTS_DRAIN_SECONDS", "300"))  # longest wait for requests in flight
 IDLE_GAP_SECONDS = 0.5  # idle twice this far apart: a request between the queue and the handler is not missed
 POLL_SECONDS = 0.2
+ENDPOINT_SECONDS = 5.0  # --drain: how long a cluster takes to stop sending requests once readiness fails
 # TorchServe's launcher, beside this interpreter (the image's venv), else on PATH.
 TORCHSERVE = next((str(p) for p in [Path(sys.executable).parent / "torchserve"] if p.exists()), "torchserve")
 
@@ -191,7 +194,14 @@ def serve() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", choices=("ready", "live"), help="probe the running server instead of serving")
+    parser.add_argument("--drain", action="store_true", help="drain the running server (a preStop hook)")
     args = parser.parse_args(argv)
+    if args.drain:
+        DRAINING.touch()
+        time.sleep(ENDPOINT_SECONDS)
+        left = drain(time.monotonic() + DRAIN_SECONDS, [False])
+        print(f"drained, {left} request(s) still in flight")
+        return 0 if left == 0 else 1
     if args.check is None:
         return serve()
     try:

@@ -197,3 +197,14 @@ def test_the_command_writes_then_checks(tmp_path, monkeypatch):
     modified_config(tmp_path, "default_response_timeout", "60")
     with pytest.raises(ValueError, match=re.escape("run `python -m training deployments`")):
         run("--check")
+
+
+def test_every_deployment_s_full_queue_fits_its_frontend_heap():
+    """Each queued request holds its body in the frontend's heap: a burst of the largest requests must not exhaust
+    it (with room for TorchServe itself)."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30}
+    for name, values in committed().items():
+        heap = re.search(r"-Xmx(\d+)([kmg])", values["vmargs"], re.I)
+        heap_bytes = int(heap.group(1)) * units[heap.group(2).lower()]
+        queued = int(values["job_queue_size"]) * int(values["max_request_size"])
+        assert queued <= 0.6 * heap_bytes, f"{name}: {queued} bytes queued in a {heap_bytes}-byte heap"

@@ -1,6 +1,7 @@
 """The Kubernetes manifests: every core object against the Kubernetes API models (required fields, types, no unknown
 field), custom resources against their required fields, and names, labels and ports that agree across files."""
 
+import copy
 import re
 from pathlib import Path
 
@@ -19,13 +20,20 @@ MODELS = {  # apiVersion/kind -> the Kubernetes client model that describes it
     ("apps/v1", "Deployment"): "V1Deployment",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "V2HorizontalPodAutoscaler",
     ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
+    ("policy/v1", "PodDisruptionBudget"): "V1PodDisruptionBudget",
 }
+CUSTOM = {"gateway.networking.k8s.io/v1", "gateway.envoyproxy.io/v1alpha1", "serving.kserve.io/v1beta1",
+          "monitoring.coreos.com/v1"}  # fmt: skip
+CLUSTER_SCOPED = {"Namespace", "GatewayClass"}
+KUSTOMIZE = ("kustomization.yaml", "kustomizeconfig.yaml")  # kustomize's own files, not objects
+IMAGE = "lpbf-defects/serving"  # the placeholder every manifest names; the kustomizations set it
 
 
 def documents() -> list[tuple[Path, dict]]:
     found = []
     for path in sorted(K8S.rglob("*.yaml")):
-        found += [(path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
+        if path.name not in KUSTOMIZE:
+            found += [(path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc]
     return found
 
 
@@ -59,12 +67,13 @@ def int_or_str(value):
 def test_every_object_is_well_formed(path_doc):
     _, doc = path_doc
     assert {"apiVersion", "kind", "metadata"} <= set(doc)
-    if doc["kind"] != "Namespace":
+    if doc["kind"] in CLUSTER_SCOPED:
+        assert "namespace" not in doc["metadata"]
+    else:
         assert doc["metadata"]["namespace"] == NAMESPACE
     model = MODELS.get((doc["apiVersion"], doc["kind"]))
     if model is None:
-        assert doc["apiVersion"] in {"gateway.networking.k8s.io/v1", "gateway.envoyproxy.io/v1alpha1",
-                                     "serving.kserve.io/v1beta1"}, doc["apiVersion"]  # fmt: skip
+        assert doc["apiVersion"] in CUSTOM, doc["apiVersion"]
         return
     client = ApiClient()
     parsed = client._ApiClient__deserialize(doc, model)  # raises on a missing required field or a wrong type
@@ -74,26 +83,32 @@ def test_every_object_is_well_formed(path_doc):
     )
 
 
-def test_both_variants_have_deployment_service_and_autoscaler():
+def primary_variant() -> str:
+    """The variant the split route sends most requests to (k8s/gateway.yaml)."""
+    [route] = find("HTTPRoute")
+    split = next(r for r in route["spec"]["rules"] if r["matches"][0]["path"]["value"] == "/predictions/defect")
+    return max(split["backendRefs"], key=lambda b: b["weight"])["name"].removeprefix("defect-")
+
+
+def test_both_variants_have_deployment_service_autoscaler_and_disruption_budget():
     config = find("ConfigMap", "defect-serving-config")[0]["data"]
     for variant in VARIANTS:
         name = f"defect-{variant}"
-        [deployment], [service], [hpa] = (
+        [deployment], [service], [hpa], [budget] = (
             find("Deployment", name),
             find("Service", name),
             find("HorizontalPodAutoscaler", name),
+            find("PodDisruptionBudget", name),
         )
         pod = deployment["spec"]["template"]
         labels = pod["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
         assert service["spec"]["selector"].items() <= labels.items() and labels["lpbf.io/variant"] == variant
+        assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
         [container] = pod["spec"]["containers"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in ports
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert container[probe]["httpGet"] == {"path": "/ping", "port": "http"}
-        assert {"cpu", "memory"} <= set(container["resources"]["requests"]) <= set(container["resources"]["limits"])
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
         mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
         props = properties(config[mount["subPath"]])
@@ -101,6 +116,102 @@ def test_both_variants_have_deployment_service_and_autoscaler():
         assert int(props["inference_address"].rsplit(":", 1)[1]) == ports["http"]
         assert int(props["metrics_address"].rsplit(":", 1)[1]) == ports["metrics"]
         assert props["management_address"].startswith("http://127.0.0.1:")
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert "command" not in container and env["TS_CONFIG"] == mount["mountPath"]  # the image's serve.py
+
+
+def test_the_autoscaler_owns_the_replica_count_and_the_primary_variant_never_has_fewer_than_two():
+    for variant in VARIANTS:
+        [deployment], [hpa] = (
+            find("Deployment", f"defect-{variant}"),
+            find("HorizontalPodAutoscaler", f"defect-{variant}"),
+        )
+        assert "replicas" not in deployment["spec"]  # an apply would reset what the autoscaler set
+        assert hpa["spec"]["minReplicas"] >= (2 if variant == primary_variant() else 1)
+        if variant == primary_variant():
+            assert find("PodDisruptionBudget", f"defect-{variant}")[0]["spec"]["minAvailable"] >= 1
+        strategy = deployment["spec"]["strategy"]["rollingUpdate"]
+        assert strategy["maxUnavailable"] == 0  # a new pod is ready before an old one goes
+
+
+def test_overload_shows_to_the_autoscaler_no_cpu_limit_hides_it():
+    for variant in VARIANTS:
+        [container] = find("Deployment", f"defect-{variant}")[0]["spec"]["template"]["spec"]["containers"]
+        assert "cpu" in container["resources"]["requests"] and "cpu" not in container["resources"]["limits"]
+        assert "memory" in container["resources"]["limits"]
+        [metric] = find("HorizontalPodAutoscaler", f"defect-{variant}")[0]["spec"]["metrics"]
+        assert metric["resource"]["name"] == "cpu" and metric["resource"]["target"]["type"] == "Utilization"
+
+
+def test_readiness_means_loaded_liveness_stays_cheap_and_a_stop_drains_within_the_grace_period():
+    config = find("ConfigMap", "defect-serving-config")[0]["data"]
+    for variant in VARIANTS:
+        spec = find("Deployment", f"defect-{variant}")[0]["spec"]["template"]["spec"]
+        [container] = spec["containers"]
+        for probe in ("startupProbe", "readinessProbe"):
+            assert container[probe]["exec"]["command"] == ["python", "/opt/defects/serve.py", "--check", "ready"]
+        assert container["livenessProbe"]["tcpSocket"] == {"port": "http"}
+        assert container["lifecycle"]["preStop"]["exec"]["command"] == ["python", "/opt/defects/serve.py", "--drain"]
+        timeout = int(properties(config[f"{variant}.properties"])["default_response_timeout"])
+        assert spec["terminationGracePeriodSeconds"] > 2 * timeout  # the preStop's drain, then serve.py's
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert {"/tmp", "/home/model-server/run"} <= mounts  # writable, the root file system read-only
+        [spread] = spec["topologySpreadConstraints"]  # replicas on different nodes
+        labels = find("Deployment", f"defect-{variant}")[0]["spec"]["template"]["metadata"]["labels"]
+        assert spread["topologyKey"] == "kubernetes.io/hostname"
+        assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_namespace_enforces_the_restricted_pod_security_profile_which_the_pods_meet():
+    [namespace] = find("Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    for variant in VARIANTS:
+        spec = find("Deployment", f"defect-{variant}")[0]["spec"]["template"]["spec"]
+        assert (
+            spec["securityContext"]["runAsNonRoot"]
+            and spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        )
+        [container] = spec["containers"]
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == ["ALL"]
+
+
+def test_nothing_leaves_the_serving_pods():
+    policies = [p for p in find("NetworkPolicy") if "Egress" in p["spec"]["policyTypes"]]
+    assert len(policies) == 1 and not policies[0]["spec"].get("egress")
+    assert policies[0]["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "defect-serving"}
+
+
+def test_prometheus_scrapes_every_serving_service_s_metrics_port():
+    [monitor] = find("ServiceMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    ports = {e["port"] for e in monitor["spec"]["endpoints"]}
+    for variant in VARIANTS:
+        [service] = find("Service", f"defect-{variant}")
+        assert selector.items() <= service["metadata"]["labels"].items()
+        assert ports <= {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_the_gateway_class_the_gateway_names_is_shipped():
+    [gateway], [gateway_class] = find("Gateway"), find("GatewayClass")
+    assert gateway["spec"]["gatewayClassName"] == gateway_class["metadata"]["name"]
+    assert gateway_class["spec"]["controllerName"]
+
+
+def test_each_kustomization_lists_its_manifests_and_sets_the_image_once():
+    top = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(top["resources"])
+    assert listed == {p.name for p in K8S.glob("*.yaml") if p.name not in KUSTOMIZE}
+    kserve = yaml.safe_load((K8S / "kserve" / "kustomization.yaml").read_text())
+    for kustomization in (top, kserve):
+        [image] = kustomization["images"]
+        assert image["name"] == IMAGE and image["newName"] and image["newTag"]
+    assert kserve["images"] == top["images"]  # the same image on either path
+    for resource in kserve["resources"]:
+        assert (K8S / "kserve" / resource).resolve().exists(), resource
+    for doc in [d for _, d in DOCS if d["kind"] in ("Deployment", "InferenceService")]:
+        spec = doc["spec"]["template"]["spec"] if doc["kind"] == "Deployment" else doc["spec"]["predictor"]
+        assert {c["image"] for c in spec["containers"]} == {IMAGE}
 
 
 def test_the_variant_configs_differ_only_in_the_archive_they_load():
@@ -112,7 +223,7 @@ def test_the_variant_configs_differ_only_in_the_archive_they_load():
 def test_pods_without_torchserve_tokens_are_reachable_only_from_the_gateway():
     config = find("ConfigMap", "defect-serving-config")[0]["data"]
     assert all(properties(config[f"{v}.properties"])["disable_token_authorization"] == "true" for v in VARIANTS)
-    [policy] = find("NetworkPolicy")
+    [policy] = find("NetworkPolicy", "defect-serving-ingress")
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "defect-serving"}
     inference = [rule for rule in policy["spec"]["ingress"] if {"protocol": "TCP", "port": 8080} in rule["ports"]]
     assert len(inference) == 1 and inference[0]["from"][0]["namespaceSelector"]["matchLabels"] == {
@@ -142,21 +253,46 @@ def test_the_route_splits_by_weight_and_pins_the_variant_paths():
             assert backend["port"] in services[backend["name"]]
 
 
-def test_kserve_runs_the_same_image_and_configs_with_an_int8_canary():
-    services = find("InferenceService")
-    assert len(services) == 2 and {s["metadata"]["name"] for s in services} == {"defect"}
-    image = find("Deployment", "defect-fp32")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+def json_patch(doc: dict, operations: list[dict]) -> dict:
+    """RFC 6902 add and replace, as kustomize applies the canary overlay's patch."""
+    doc = copy.deepcopy(doc)
+    for op in operations:
+        *parents, last = [part.replace("~1", "/").replace("~0", "~") for part in op["path"].split("/")[1:]]
+        target = doc
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        assert op["op"] == "add" or (int(last) < len(target) if isinstance(target, list) else last in target)
+        if isinstance(target, list):
+            target[int(last)] = op["value"]
+        else:
+            target[last] = op["value"]
+    return doc
+
+
+def test_kserve_runs_the_same_image_and_configs_with_an_int8_canary_overlay():
+    [base] = find("InferenceService")
+    overlay = yaml.safe_load((K8S / "kserve" / "canary" / "kustomization.yaml").read_text())
+    assert overlay["resources"] == [".."]
+    [patch] = overlay["patches"]
+    assert patch["target"] == {"kind": "InferenceService", "name": base["metadata"]["name"]}
+    canary = json_patch(base, yaml.safe_load(patch["patch"]))
     config = find("ConfigMap", "defect-serving-config")[0]["data"]
-    canaries = [s for s in services if "canaryTrafficPercent" in s["spec"]["predictor"]]
-    assert len(canaries) == 1 and 0 < canaries[0]["spec"]["predictor"]["canaryTrafficPercent"] < 100
-    for service in services:
+    [policy] = [p for p in find("NetworkPolicy") if p["metadata"]["name"] == "defect-kserve-ingress"]
+    for service, variant in ((base, "fp32"), (canary, "int8")):
         predictor = service["spec"]["predictor"]
         [container] = predictor["containers"]
-        assert container["image"] == image
         assert container["ports"][0]["containerPort"] == 8080
-        assert container["volumeMounts"][0]["subPath"] in config
+        mount = container["volumeMounts"][0]
+        assert mount["subPath"] == f"{variant}.properties" and mount["subPath"] in config
+        assert {e["name"]: e["value"] for e in container["env"]}["TS_CONFIG"] == mount["mountPath"]
         assert predictor["volumes"][0]["configMap"]["name"] == "defect-serving-config"
-    assert "int8" in canaries[0]["spec"]["predictor"]["containers"][0]["volumeMounts"][0]["subPath"]
+        assert predictor["labels"]["lpbf.io/variant"] == variant
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= predictor["labels"].items()
+        # one worker per pod: Knative scales out at a few requests a pod, not its default of 100
+        assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] <= 2
+        assert predictor["containerConcurrency"] <= 4
+    assert "canaryTrafficPercent" not in base["spec"]["predictor"]
+    assert 0 < canary["spec"]["predictor"]["canaryTrafficPercent"] < 100
 
 
 def test_every_manifest_is_documented():
