@@ -232,9 +232,10 @@ class Container:
         """A handler is answering a request now (its busy file, docker/serve.py)."""
         return bool(self.exec("ls", f"{CONTAINER_HOME}/busy", check=False).stdout.strip())
 
-    def logs(self) -> str:
+    def logs(self, tail: int | None = 4000) -> str:
+        """What the container printed (its last `tail` characters; all of it with None)."""
         done = podman("logs", self.name, check=False)
-        return (done.stdout + done.stderr)[-4000:]
+        return (done.stdout + done.stderr)[-tail if tail else 0 :]
 
     def remove(self) -> None:
         podman("rm", "--force", "--time", "5", self.name, check=False)
