@@ -144,7 +144,7 @@ results: results-train results-prototype
 	$(MAKE) results-docs
 
 # The documents from existing runs: results (both models vs truth), int8 agreement, CPU benchmarks, serving latency,
-# the A/B report, serving throughput (docs/throughput.md) and reliability under load.
+# the A/B report, serving throughput (docs/throughput.md), reliability under load and the serving image (docs/image.md).
 results-docs: setup
 	$(PY) -m training evaluate --checkpoint runs/results-heuristic/checkpoint.pt --checkpoint runs/results-truth/checkpoint.pt --report docs/results.md
 	$(PY) -m training quantize --checkpoint runs/results-truth/checkpoint.pt --report docs/quantization.md --sweep 4,8,16,32,64
@@ -154,3 +154,4 @@ results-docs: setup
 	$(PY) -m client ab-report --model-store runs/results-truth/model_store --data $(RESULTS)/processed --requests 100 --json runs/results-truth/ab_report.json
 	$(PY) -m bench matrix --checkpoint runs/results-truth/checkpoint.pt --json runs/results-truth/matrix.json
 	$(PY) -m bench load --checkpoint runs/results-truth/checkpoint.pt --json runs/results-truth/load.json
+	$(PY) -m bench image --model-store runs/results-truth/model_store --json runs/results-truth/image.json
