@@ -167,6 +167,7 @@ def serve() -> int:
     def on_signal(number: int, _frame: object) -> None:
         if signals:
             stop[0] = True  # a second signal: stop without waiting
+        DRAINING.touch()  # readiness fails from now on
         signals.append(number)
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -175,7 +176,6 @@ def serve() -> int:
         time.sleep(POLL_SECONDS)
     if server.poll() is not None:  # TorchServe ended on its own
         return server.returncode
-    DRAINING.touch()
     started = time.monotonic()
     print(f"serve.py: signal {signals[0]}: draining (at most {DRAIN_SECONDS:.0f} s)", flush=True)
     left = drain(started + DRAIN_SECONDS, stop)
