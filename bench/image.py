@@ -70,24 +70,22 @@ def run(
     blobs = [encode_png(im) for im in synthetic_layer(size)]
     container = image.run(tag)
     try:
-        key_of = {}
-
-        def keyed(url: str, key: str | None, key_file: Path | None = None) -> DefectClient:
-            return DefectClient(url, model, key=key, key_file=key_file, retries=0)
-
-        # the key file appears a moment after the start; the first answer is asked for as soon as it is there
-        while "inference" not in key_of:
+        deadline = time.monotonic() + 120  # the key file appears a moment after the start
+        while True:
             try:
-                key_of["inference"] = container.keys()["inference"]
+                key = container.keys()["inference"]
+                break
             except image.ImageError:
+                if time.monotonic() > deadline or container.state() != "running":
+                    raise
                 time.sleep(0.2)
-        inside = keyed(container.url("inference"), key_of["inference"])
+        inside = DefectClient(container.url("inference"), model, key=key, retries=0)
         first = first_answer(inside, blobs, container.started)
         with tempfile.TemporaryDirectory(prefix="bench-image-") as home:
             ports = {name: launcher.free_port() for name in launcher.LISTENERS}
             host = launcher.start(model_store, Path(home), ports=ports, foreground=True)
             try:
-                outside = keyed(host.urls["inference"], None, host.key_file)
+                outside = DefectClient(host.urls["inference"], model, key_file=host.key_file, retries=0)
                 latency = measure_alternating(
                     {"container": lambda: inside.predict(blobs), "this machine": lambda: outside.predict(blobs)},
                     repeat, max_seconds,

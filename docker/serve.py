@@ -43,7 +43,8 @@ IDLE_GAP_SECONDS = 0.5  # idle twice this far apart: a request between the queue
 POLL_SECONDS = 0.2
 ENDPOINT_SECONDS = 5.0  # --drain: how long a cluster takes to stop sending requests once readiness fails
 # TorchServe's launcher, beside this interpreter (the image's venv), else on PATH.
-TORCHSERVE = next((str(p) for p in [Path(sys.executable).parent / "torchserve"] if p.exists()), "torchserve")
+_BESIDE = Path(sys.executable).parent / "torchserve"
+TORCHSERVE = str(_BESIDE) if _BESIDE.exists() else "torchserve"
 
 
 def properties(path: Path = CONFIG) -> dict[str, str]:

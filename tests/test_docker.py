@@ -206,3 +206,18 @@ def test_serve_py_answers_every_request_in_flight_at_sigterm_then_stops_torchser
         if serve.poll() is None:
             serve.kill()
         server.stop()
+
+
+def test_the_container_s_paths_are_the_same_in_the_dockerfile_serve_py_the_build_and_the_cluster():
+    """The working folder (key file, busy folder) and serve.py's path, written where each is used, agree."""
+    from training.serving import image
+
+    serve = _serve_module()
+    assert instructions("WORKDIR") == [image.CONTAINER_HOME] and str(serve.HOME) == image.CONTAINER_HOME
+    assert str(serve.BUSY_DIR) == f"{image.CONTAINER_HOME}/busy"  # what Container.answering lists
+    assert yaml.safe_load(instructions("ENTRYPOINT")[0])[-1] == image.SERVE
+    assert image.SERVE in instructions("HEALTHCHECK")[0]
+    for path in (ROOT / "k8s").glob("defect-*.yaml"):
+        container = next(yaml.safe_load_all(path.read_text()))["spec"]["template"]["spec"]["containers"][0]
+        assert container["readinessProbe"]["exec"]["command"][1] == image.SERVE
+        assert {m["mountPath"] for m in container["volumeMounts"]} >= {image.CONTAINER_HOME}
