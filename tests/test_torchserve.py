@@ -4,7 +4,10 @@
 import base64
 import ipaddress
 import json
+import os
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -208,3 +211,61 @@ def test_every_listening_socket_of_the_server_is_on_loopback(server):
         ip = ipaddress.ip_address(addr.ip)
         ip = getattr(ip, "ipv4_mapped", None) or ip  # Java listens on IPv6 sockets: ::ffff:127.0.0.1
         assert ip.is_loopback, listening
+
+
+def readme_lines(marker: str) -> list[str]:
+    """The commands of the README's bash block that holds `marker`, continuation lines joined, comments dropped."""
+    [block] = [b for b in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S) if marker in b]
+    joined = block.replace("\\\n", " ")
+    return [line for line in (shlex.join(shlex.split(x, comments=True)) for x in joined.splitlines()) if line]
+
+
+def test_the_readme_torchserve_lines_run_as_written_and_serve_a_layer(tiny_variants, layer, tmp_path, monkeypatch):
+    """The README's torch-model-archiver and torchserve lines, run as written from a folder laid out like the
+    repository (runs/demo holding the tiny model), with the repository's config.properties moved to free ports;
+    they are the lines `archive --stage` and `serve` print, and the server they start answers a layer."""
+    from training.inference.variants import OPENVINO, VARIANTS, model_names
+    from training.serving import launcher
+    from training.serving.archive import HANDLER, archiver_command
+
+    lines = readme_lines("torch-model-archiver --model-name")
+    monkeypatch.chdir(tmp_path)
+    for name in ("training", "handler"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    shutil.copytree(tiny_variants, tmp_path / "runs" / "demo")
+    listeners = launcher.LISTENERS
+    changes = launcher.port_changes(
+        launcher.read_properties(launcher.CONFIG), {n: launcher.free_port() for n in listeners}
+    )
+    (tmp_path / "config.properties").write_text(launcher.render_config(launcher.CONFIG, changes))
+    urls = {n: changes[f"{n}_address"] for n in listeners}
+    server = launcher.Server(tmp_path, urls, model_names(), tmp_path / "model_store")
+    # What archive --stage and serve print is what the README says.
+    stage, demo = tmp_path / "runs" / "demo" / "stage", tmp_path / "runs" / "demo"
+    printed = [
+        archiver_command(v.model_name, "1.0", demo / v.build(OPENVINO).file, HANDLER, stage / v.model_name, server.model_store)
+        for v in VARIANTS
+    ]  # fmt: skip
+    assert lines[1:-2] == [shlex.join(p).replace(f"{ROOT}/", "") for p in printed]  # the handler from the root
+    assert lines[-2] == shlex.join(launcher.start_command(server, launcher.shown))
+    assert lines[-1] == "torchserve --stop"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
+    out = tmp_path / "out.log"  # a file, not a pipe: TorchServe's frontend keeps its output open after --start
+
+    def run(line: str) -> subprocess.CompletedProcess:
+        with out.open("w") as log:
+            done = subprocess.run(
+                shlex.split(line), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300
+            )
+        assert done.returncode == 0, f"{line}\n{out.read_text()}"
+        return done
+
+    try:
+        for line in lines[:-1]:
+            run(line)
+        assert sorted(p.name for p in server.model_store.iterdir()) == [f"{m}.mar" for m in server.models]
+        server.wait_ready()
+        for model in server.models:
+            jsonschema.validate(answer_of(server, model, blobs_of(layer)), SCHEMA)
+    finally:
+        run(lines[-1])

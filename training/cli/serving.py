@@ -98,6 +98,12 @@ def add_archive(sub: argparse._SubParsersAction) -> None:
         default=defaults.tile_overlap,
         help=f"pixels shared by neighbouring tiles, at least (default: {defaults.tile_overlap})",
     )
+    p.add_argument(
+        "--stage",
+        type=Path,
+        help="keep what each archive packs in STAGE/<model name> and print the torch-model-archiver line that "
+        "packs it, to run by hand (README: TorchServe's own commands)",
+    )
     p.set_defaults(run=run_archive)
 
 
@@ -110,8 +116,11 @@ def run_archive(args: argparse.Namespace, argv: list[str]) -> str:
         max_batch_delay_ms=args.max_batch_delay, threads=args.threads, max_image_pixels=args.max_image_pixels,
         layer_side=args.layer_side, tile_size=args.tile_size, tile_overlap=args.tile_overlap,
     )  # fmt: skip
-    built = build_archives(args.checkpoint, args.out, serving, args.version, args.prefix, args.backend)
-    return "wrote " + ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in built.values())
+    built = build_archives(args.checkpoint, args.out, serving, args.version, args.prefix, args.backend, args.stage)
+    said = "wrote " + ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in built.values())
+    if args.stage:
+        said += f"; what each packs is kept in {args.stage}/<model name>, for the torch-model-archiver lines above"
+    return said
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -131,11 +140,14 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace, argv: list[str]) -> str:
-    from training.serving.launcher import start
+    import shlex
+
+    from training.serving.launcher import shown, start, start_command
 
     server = start(args.model_store, args.home, config=args.config)
     lines = [
-        f"TorchServe is running (home {server.home}):",
+        f"TorchServe is running (home {server.home}), started in that folder with:",
+        f"  {shlex.join(start_command(server, shown))}",
         *[f"  {name:<10} {url}" for name, url in server.urls.items()],
         f"  models     {', '.join(server.models)}",
         f"  keys       {server.key_file} (send 'Authorization: Bearer <inference key>'; docs/api.md)",

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from functools import partial
 from pathlib import Path
@@ -32,6 +32,7 @@ from training.inference.loaders import load_variant, model_files, read_model_fil
 from training.inference.model import state_digest
 from training.inference.tiling import tile_shapes
 from training.inference.variants import BACKENDS, MODEL_PREFIX, OPENVINO, VARIANTS
+from training.serving.launcher import shown, tool
 from training.serving.timing import cpu_model, measure_alternating
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 AUTO = "auto"  # serve each variant on the backend measured fastest when the archive is built
 ROOT = Path(__file__).resolve().parents[2]
 HANDLER = ROOT / "handler" / "defect_handler.py"
+ARCHIVER = "torch-model-archiver"
+STAGED_FILES, STAGED_CONFIG = "files", "model-config.yaml"  # in a variant's staged folder: --extra-files, --config-file
 # What a worker imports, packed whole: (source folder, where it goes in the archive).
 SHIPPED_PACKAGES = (
     (ROOT / "handler", Path("handler")),
@@ -132,6 +135,29 @@ def served_configs(
     return served
 
 
+def archiver_command(name: str, version: str, weights: Path, handler: Path, staged: Path, export: Path) -> list[str]:
+    """The torch-model-archiver line that packs one variant from its staged folder (`stage_archive`)."""
+    return [
+        ARCHIVER, "--model-name", name, "--version", version,
+        "--serialized-file", shown(weights), "--handler", shown(handler),
+        "--extra-files", shown(staged / STAGED_FILES), "--config-file", shown(staged / STAGED_CONFIG),
+        "--export-path", shown(export), "--force",
+    ]  # fmt: skip
+
+
+def stage_archive(weights: Path, config: ModelConfig, serving: ServingConfig, staged: Path) -> None:
+    """What torch-model-archiver packs beside the model file and the handler, in `staged`: the extra files (the
+    packages, the served ModelConfig, the files the model file needs beside it) and the model-config.yaml."""
+    if config.threshold is None:
+        raise ValueError(f"{weights}: the served ModelConfig needs a decision threshold (run evaluate)")
+    files = staged / STAGED_FILES
+    stage_packages(files)
+    write_json(files / "model_config.json", config.to_dict())
+    for part in model_files(weights)[1:]:  # what the serialized file needs beside it (an IR's weights)
+        shutil.copy2(part, files / part.name)
+    (staged / STAGED_CONFIG).write_text(yaml.safe_dump(serving.to_yaml_dict(), sort_keys=False))
+
+
 def build_archive(
     weights: Path,
     config: ModelConfig,
@@ -140,39 +166,37 @@ def build_archive(
     serving: ServingConfig,
     version: str,
     handler: Path = HANDLER,
+    stage: Path | None = None,
 ) -> Path:
-    """One .mar from a model file and the ModelConfig it is served with; returns its path."""
-    if config.threshold is None:
-        raise ValueError(f"{weights}: the served ModelConfig needs a decision threshold (run evaluate)")
+    """One .mar from a model file and the ModelConfig it is served with; returns its path. With `stage`, what was
+    packed stays in `stage/<name>` (replacing an earlier one), so that `archiver_command` can be run by hand."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if stage is not None:
+        Path(stage).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="archive-") as tmp:
         tmp = Path(tmp)
-        stage = tmp / "stage"
-        stage_packages(stage)
-        write_json(stage / "model_config.json", config.to_dict())
-        for part in model_files(weights)[1:]:  # what the serialized file needs beside it (an IR's weights)
-            shutil.copy2(part, stage / part.name)
-        yaml_path = tmp / "model-config.yaml"
-        yaml_path.write_text(yaml.safe_dump(serving.to_yaml_dict(), sort_keys=False))
+        # Staged beside where it is kept, when kept, and renamed into place once the archive is made.
+        staged = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=stage or tmp))
         export = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=out_dir))  # same file system: the rename is atomic
         try:
-            command = [
-                sys.executable, "-m", "model_archiver.model_packaging",
-                "--model-name", name, "--version", version,
-                "--serialized-file", str(weights), "--handler", str(handler),
-                "--extra-files", str(stage), "--config-file", str(yaml_path),
-                "--export-path", str(export), "--force",
-            ]  # fmt: skip
+            stage_archive(weights, config, serving, staged)
+            command = archiver_command(name, version, weights, handler, staged, export)
             env = {**os.environ, "TMPDIR": str(tmp / "archiver")}  # its staging folder, away from everyone's
             (tmp / "archiver").mkdir()
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            done = subprocess.run([tool(ARCHIVER), *command[1:]], env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 raise RuntimeError(f"torch-model-archiver failed for {name}: {done.stderr.strip() or done.stdout}")
             target = out_dir / f"{name}.mar"
             os.replace(export / f"{name}.mar", target)
+            if stage is not None:
+                kept = Path(stage) / name
+                shutil.rmtree(kept, ignore_errors=True)
+                os.replace(staged, kept)
+                log.info("%s: %s", name, shlex.join(archiver_command(name, version, weights, handler, kept, out_dir)))
         finally:
             shutil.rmtree(export, ignore_errors=True)
+            shutil.rmtree(staged, ignore_errors=True)
     return target
 
 
@@ -183,10 +207,12 @@ def build_archives(
     version: str = "1.0",
     prefix: str = MODEL_PREFIX,
     backend: str = AUTO,
+    stage: Path | None = None,
 ) -> dict[str, Path]:
     """An archive per registered variant (<prefix>_<key>.mar) from the model files `quantize` wrote beside the
-    checkpoint and the threshold `evaluate` wrote there, each on `backend` (AUTO: the fastest measured here)."""
+    checkpoint and the threshold `evaluate` wrote there, each on `backend` (AUTO: the fastest measured here); with
+    `stage`, what each packs is kept in `stage/<prefix>_<key>` (`build_archive`)."""
     return {
-        key: build_archive(weights, config, out_dir, f"{prefix}_{key}", serving, version)
+        key: build_archive(weights, config, out_dir, f"{prefix}_{key}", serving, version, stage=stage)
         for key, (weights, config) in served_configs(checkpoint, backend, serving).items()
     }

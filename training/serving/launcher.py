@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,7 @@ class Server:
     home: Path  # logs, key_file.json, config.properties, pid file
     urls: dict[str, str]  # listener -> base URL
     models: tuple[str, ...]
+    model_store: Path | None = None  # where the archives are, when prepared here
     process: subprocess.Popen | None = None  # set when started in the foreground by this process
 
     @property
@@ -131,7 +133,7 @@ class Server:
         """`torchserve --stop` for this server's home, then kill what is left of the process group; returns what
         the launcher said."""
         done = subprocess.run(
-            [_torchserve(), "--stop"], env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
+            [tool("torchserve"), "--stop"], env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
         )  # fmt: skip
         if self.process is not None:
             try:
@@ -142,9 +144,20 @@ class Server:
         return (done.stdout + done.stderr).strip()
 
 
-def _torchserve() -> str:
-    found = Path(sys.executable).parent / "torchserve"
-    return str(found) if found.exists() else (shutil.which("torchserve") or "torchserve")
+def tool(name: str) -> str:
+    """A console script of this environment (torchserve, torch-model-archiver), else the one on PATH."""
+    found = Path(sys.executable).parent / name
+    return str(found) if found.exists() else (shutil.which(name) or name)
+
+
+def port_changes(base: dict[str, str], ports: dict[str, int]) -> dict[str, str]:
+    """The settings that move a server of config `base` to `ports` (listener -> port; gRPC and worker ports drawn
+    when not given), so that servers can run side by side on one machine."""
+    changes = {f"{name}_address": re.sub(r":\d+$", f":{ports[name]}", base[f"{name}_address"]) for name in LISTENERS}
+    for name in GRPC_LISTENERS:
+        changes[f"{name}_port"] = str(ports.get(name) or free_port())
+    changes["initial_worker_port"] = str(ports.get("workers", ports["inference"] + 1000))  # worker socket numbers
+    return changes
 
 
 def prepare(
@@ -165,26 +178,36 @@ def prepare(
             raise FileNotFoundError(f"{model_store / model}.mar not found: run `python -m training archive` first")
     home.mkdir(parents=True, exist_ok=True)
     base = read_properties(config)
-    urls = {}
     changes = {
         "model_store": str(model_store),
         "load_models": ",".join(f"{m}.mar" for m in models),
         "metrics_config": str((config.parent / base.get("metrics_config", "handler/metrics.yaml")).resolve()),
         "allowed_urls": f"file://{model_store}/({'|'.join(models)})\\\\.mar",
     }
-    for name in LISTENERS:
-        address = base[f"{name}_address"]
-        if ports:
-            address = re.sub(r":\d+$", f":{ports[name]}", address)
-            changes[f"{name}_address"] = address
-        urls[name] = address
-    if ports:  # a second server on this machine needs its own gRPC ports and worker socket numbers too
-        for name in GRPC_LISTENERS:
-            changes[f"{name}_port"] = str(ports.get(name) or free_port())
-        changes["initial_worker_port"] = str(ports.get("workers", ports["inference"] + 1000))
+    if ports:
+        changes.update(port_changes(base, ports))
+    urls = {name: changes.get(f"{name}_address", base[f"{name}_address"]) for name in LISTENERS}
     changes.update(overrides or {})
     (home / "config.properties").write_text(render_config(config, changes))
-    return Server(home, urls, tuple(models))
+    return Server(home, urls, tuple(models), model_store)
+
+
+def start_command(server: Server, path: Callable[[Path], str] = str) -> list[str]:
+    """TorchServe's own start line for a prepared server, as its users write it (its config names the same store and
+    archives); `path` writes the paths (`shown`: as a person would type them here)."""
+    return [
+        "torchserve", "--start", "--ncs", "--ts-config", path(server.home / "config.properties"),
+        "--model-store", path(server.model_store), "--models", *(f"{m}={m}.mar" for m in server.models),
+    ]  # fmt: skip
+
+
+def shown(path: Path) -> str:
+    """`path` as a command line shows it: relative to the working folder when it lies inside it."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def start(
@@ -201,7 +224,7 @@ def start(
     a child of this process (the tests' way)."""
     server = prepare(model_store, home, models, ports, config, overrides)
     home = server.home
-    command = [_torchserve(), "--start", "--ncs", "--ts-config", str(home / "config.properties")]
+    command = [tool("torchserve"), *start_command(server)[1:]]
     log = open(home / "torchserve.out", "ab")  # noqa: SIM115 - the server keeps writing after this returns
     if foreground:
         server.process = subprocess.Popen(
