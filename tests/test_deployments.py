@@ -17,6 +17,7 @@ from training.serving.deployments import (
     CLUSTER_FILE,
     CLUSTER_MODEL,
     CONTAINER_FILE,
+    KSERVE_ENTRY,
     Change,
     Deployment,
     check,
@@ -39,8 +40,8 @@ def committed() -> dict[str, dict[str, str]]:
     """Deployment name -> its settings as committed: config.properties, the image's, each ConfigMap entry."""
     found = {"local": BASE, "container": read_properties(ROOT / CONTAINER_FILE)}
     data = yaml.safe_load((ROOT / CLUSTER_FILE).read_text())["data"]
-    for v in VARIANTS:
-        found[f"cluster-{v.key}"] = properties(data[f"{v.key}.properties"])
+    for entry, text in data.items():
+        found[f"cluster-{entry.removesuffix('.properties')}"] = properties(text)
     return found
 
 
@@ -129,7 +130,7 @@ def test_a_config_without_a_key_the_deployments_change_is_refused(tmp_path):
 
 def test_the_limits_never_drift_between_deployments():
     found = committed()
-    assert set(found) == {"local", "container", *(f"cluster-{v.key}" for v in VARIANTS)}
+    assert set(found) == {"local", "container", *(f"cluster-{v.key}" for v in VARIANTS), "cluster-kserve"}
     assert not drifted(found)
 
 
@@ -145,11 +146,12 @@ def test_the_response_timeout_is_the_one_written_into_every_archive():
     assert {values["default_response_timeout"] for values in committed().values()} == {timeout}
 
 
-def test_each_cluster_entry_loads_its_registered_variant_under_the_common_name():
+def test_each_cluster_entry_loads_its_registered_variant_under_the_common_name_and_kserve_s_loads_every_one():
     data = yaml.safe_load((ROOT / CLUSTER_FILE).read_text())["data"]
-    assert set(data) == {f"{v.key}.properties" for v in VARIANTS}
+    assert set(data) == {f"{v.key}.properties" for v in VARIANTS} | {KSERVE_ENTRY}
     for v in VARIANTS:
         assert properties(data[f"{v.key}.properties"])["load_models"] == f"{CLUSTER_MODEL}={v.archive}"
+    assert properties(data[KSERVE_ENTRY])["load_models"].split(",") == [v.archive for v in VARIANTS]
 
 
 def test_the_container_loads_every_registered_archive_and_allows_no_other():
@@ -206,5 +208,6 @@ def test_every_deployment_s_full_queue_fits_its_frontend_heap():
     for name, values in committed().items():
         heap = re.search(r"-Xmx(\d+)([kmg])", values["vmargs"], re.I)
         heap_bytes = int(heap.group(1)) * units[heap.group(2).lower()]
-        queued = int(values["job_queue_size"]) * int(values["max_request_size"])
+        models = len(values["load_models"].split(","))  # a queue each
+        queued = models * int(values["job_queue_size"]) * int(values["max_request_size"])
         assert queued <= 0.6 * heap_bytes, f"{name}: {queued} bytes queued in a {heap_bytes}-byte heap"

@@ -269,30 +269,44 @@ def json_patch(doc: dict, operations: list[dict]) -> dict:
     return doc
 
 
-def test_kserve_runs_the_same_image_and_configs_with_an_int8_canary_overlay():
+def test_kserve_serves_every_variant_on_the_client_s_paths_and_rolls_out_a_release_as_canary():
+    from training.inference.variants import model_names
+    from training.serving.deployments import KSERVE_ENTRY
+
     [base] = find("InferenceService")
+    config = find("ConfigMap", "defect-serving-config")[0]["data"]
+    [policy] = [p for p in find("NetworkPolicy") if p["metadata"]["name"] == "defect-kserve-ingress"]
+    predictor = base["spec"]["predictor"]
+    [container] = predictor["containers"]
+    assert container["ports"][0]["containerPort"] == 8080
+    mount = container["volumeMounts"][0]
+    assert mount["subPath"] == KSERVE_ENTRY
+    assert {e["name"]: e["value"] for e in container["env"]}["TS_CONFIG"] == mount["mountPath"]
+    assert predictor["volumes"][0]["configMap"]["name"] == "defect-serving-config"
+    settings = properties(config[KSERVE_ENTRY])
+    # every variant under its own name, so /predictions/<name> is what the client's --ab and shadow mode call
+    assert [name.removesuffix(".mar") for name in settings["load_models"].split(",")] == list(model_names())
+    assert settings["disable_token_authorization"] == "true"  # the pods are reached through Knative only
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= predictor["labels"].items()
+    port = settings["metrics_address"].rsplit(":", 1)[1]
+    assert base["metadata"]["annotations"]["prometheus.kserve.io/port"] == port
+    # a worker per variant, each on one thread: a CPU each, and Knative scales out at a few requests a pod
+    assert int(container["resources"]["requests"]["cpu"]) >= len(model_names())
+    assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] <= 2
+    assert predictor["containerConcurrency"] <= 4
+    assert "canaryTrafficPercent" not in predictor
+    # the canary overlay: the same InferenceService, another release of the image, a share of the traffic
     overlay = yaml.safe_load((K8S / "kserve" / "canary" / "kustomization.yaml").read_text())
     assert overlay["resources"] == [".."]
+    [released] = yaml.safe_load((K8S / "kserve" / "kustomization.yaml").read_text())["images"]
+    [image] = overlay["images"]
+    assert image["name"] == released["name"] and image["newName"] == released["newName"]
+    assert image["newTag"] != released["newTag"]
     [patch] = overlay["patches"]
     assert patch["target"] == {"kind": "InferenceService", "name": base["metadata"]["name"]}
     canary = json_patch(base, yaml.safe_load(patch["patch"]))
-    config = find("ConfigMap", "defect-serving-config")[0]["data"]
-    [policy] = [p for p in find("NetworkPolicy") if p["metadata"]["name"] == "defect-kserve-ingress"]
-    for service, variant in ((base, "fp32"), (canary, "int8")):
-        predictor = service["spec"]["predictor"]
-        [container] = predictor["containers"]
-        assert container["ports"][0]["containerPort"] == 8080
-        mount = container["volumeMounts"][0]
-        assert mount["subPath"] == f"{variant}.properties" and mount["subPath"] in config
-        assert {e["name"]: e["value"] for e in container["env"]}["TS_CONFIG"] == mount["mountPath"]
-        assert predictor["volumes"][0]["configMap"]["name"] == "defect-serving-config"
-        assert predictor["labels"]["lpbf.io/variant"] == variant
-        assert policy["spec"]["podSelector"]["matchLabels"].items() <= predictor["labels"].items()
-        # one worker per pod: Knative scales out at a few requests a pod, not its default of 100
-        assert predictor["scaleMetric"] == "concurrency" and predictor["scaleTarget"] <= 2
-        assert predictor["containerConcurrency"] <= 4
-    assert "canaryTrafficPercent" not in base["spec"]["predictor"]
-    assert 0 < canary["spec"]["predictor"]["canaryTrafficPercent"] < 100
+    share = canary["spec"]["predictor"].pop("canaryTrafficPercent")
+    assert 0 < share < 100 and canary == base  # nothing else changes
 
 
 def test_every_manifest_is_documented():

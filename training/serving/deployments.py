@@ -30,12 +30,13 @@ MODEL_STORE = f"{IMAGE_HOME}/model-store"
 CONFIG_MAP = "defect-serving-config"  # the name k8s/defect-<variant>.yaml and k8s/kserve/ mount
 NAMESPACE = "lpbf-defects"
 CLUSTER_MODEL = MODEL_PREFIX  # each pod serves its variant as "defect"; k8s/gateway.yaml rewrites paths to it
+KSERVE_ENTRY = "kserve.properties"  # the ConfigMap entry k8s/kserve/defect.yaml mounts: every variant in one pod
 ABOUT = {
     CONTAINER_FILE: "TorchServe settings inside the serving image (docker/Dockerfile copies this file to "
     f"{IMAGE_HOME}/config.properties).",
     CLUSTER_FILE: "TorchServe settings inside the cluster, one entry per registered variant (the image holds every "
     f'archive; each Deployment loads one, under the common model name "{CLUSTER_MODEL}", so the route can split '
-    f"/predictions/{CLUSTER_MODEL} between them).",
+    f"/predictions/{CLUSTER_MODEL} between them), and {KSERVE_ENTRY} for KServe's pods, which load every variant.",
 }
 _WIDTH = 120
 
@@ -76,8 +77,7 @@ def container(base: Mapping[str, str]) -> Deployment:
         {f"{name}_address": _rebind(base, name) for name in LISTENERS},
     )
     archives = Change(
-        "the archives of the registered variants (training/inference/variants.py)",
-        {"load_models": ",".join(v.archive for v in VARIANTS)},
+        "the archives of the registered variants (training/inference/variants.py)", {"load_models": _every_archive()}
     )
     return Deployment("container", CONTAINER_FILE, (listeners, archives, _image_paths()))
 
@@ -106,10 +106,26 @@ def cluster(base: Mapping[str, str]) -> tuple[Deployment, ...]:
         {"number_of_netty_threads": "1", "vmargs": _with_heap(base, "512m")},
     )
     shared = (listeners, grpc_ports, _image_paths(), tokens, small_pod)
-    return tuple(
+    pods = tuple(
         Deployment(f"cluster-{v.key}", CLUSTER_FILE, (*shared, _one_archive(v)), entry=f"{v.key}.properties")
         for v in VARIANTS
     )
+    kserve_tokens = Change(
+        "token authorization off, because TorchServe 0.12 draws random keys per process, which the replicas Knative "
+        "scales out cannot share. Clients authenticate at the ingress in front of KServe, and "
+        "k8s/kserve/networkpolicy.yaml admits only Knative's activator and ingress to the pods",
+        {"disable_token_authorization": "true"},
+        removed=("token_expiration_min",),
+    )
+    every_archive = Change(
+        "KServe's pods load the archives of every registered variant under their own names, as on one machine, so "
+        "the client's pinned variant paths (/predictions/<prefix>_<variant>) exist behind the InferenceService",
+        {"load_models": _every_archive()},
+    )
+    kserve = Deployment(
+        "kserve", CLUSTER_FILE, (listeners, grpc_ports, _image_paths(), kserve_tokens, every_archive), KSERVE_ENTRY
+    )
+    return (*pods, kserve)
 
 
 def deployments(base: Mapping[str, str]) -> tuple[Deployment, ...]:
@@ -200,6 +216,10 @@ def _image_paths() -> Change:
     )
 
 
+def _every_archive() -> str:
+    return ",".join(v.archive for v in VARIANTS)
+
+
 def _one_archive(v: Variant) -> Change:
     return Change(
         f'each pod loads the archive of its own variant, under the common model name "{CLUSTER_MODEL}"',
@@ -224,12 +244,14 @@ def _header(file: str, chosen: Iterable[Deployment]) -> str:
         "Differences from config.properties, and why:",
     ]
     out = [line for text in lines for line in _comment(text, "# ", "# ")]
-    told: list[tuple[str, str]] = []
+    chosen = tuple(chosen)
+    told: dict[tuple[str, str], list[str]] = {}  # each change once, with the entries it applies to
     for deployment in chosen:
         for change in deployment.changes:
-            if (change.summary(), change.reason) not in told:
-                told.append((change.summary(), change.reason))
-                out += _comment(f"{change.summary()}: {change.reason}", "# - ", "#   ")
+            told.setdefault((change.summary(), change.reason), []).append(deployment.entry)
+    for (summary, reason), entries in told.items():
+        where = f" ({', '.join(entries)})" if len(entries) < len(chosen) else ""
+        out += _comment(f"{summary}{where}: {reason}", "# - ", "#   ")
     return "\n".join(out) + "\n"
 
 
