@@ -119,6 +119,12 @@ def add_image(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=512, help="layer side of the latency rows (default: 512)")
     p.add_argument("--repeat", type=int, default=20, help="timed requests to each server (default: 20)")
     p.add_argument("--report", type=Path, default=Path("docs/image.md"), help="default: docs/image.md")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        default=Path("README.md"),
+        help="whose container section gets the table (default: README.md)",
+    )
     p.add_argument("--json", type=Path, help="also write the raw figures as JSON")
     p.set_defaults(run=run_image)
 
@@ -128,11 +134,12 @@ def run_image(args: argparse.Namespace, argv: list[str]) -> str:
     from training.inference.images import write_json
     from training.reports import image as report
 
+    report.readme_span(args.readme.read_text())  # a README without the block is refused before the long run
     result = image.run(args.model_store, args.size, args.repeat, command=command_line(argv))
-    report.write_report(result, args.report)
+    report.write_report(result, args.report, args.readme)
     if args.json:
         write_json(args.json, result.to_dict())
-    return f"{report.summary(result)}; wrote {args.report}" + (f" and {args.json}" if args.json else "")
+    return f"{report.summary(result)}; wrote {args.report}, {args.readme}" + (f" and {args.json}" if args.json else "")
 
 
 def add_load(sub: argparse._SubParsersAction) -> None:

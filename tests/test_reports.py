@@ -1,6 +1,7 @@
 """Each report of training/reports rendered from a tiny hand-made result: its key lines and where it came from."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,8 @@ from bench.serving import ServingBench
 from client.ab_report import ABReport
 from training.reports import ab, benchmarks, reliability, serving, throughput
 from training.reports.provenance import source_commit
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CPU = {"model": "Test CPU", "cores": 2, "torch": "2.x", "onnxruntime": "1.x", "openvino": "2026.x", "avx512_vnni": True,
        "amx_int8": False, "mhz": 2000.0}  # fmt: skip
@@ -213,3 +216,30 @@ def test_the_image_report_shows_each_figure_with_its_command():
     assert "6.86 GB" in text and "| 294 s |" in text and "| 3 s |" in text
     assert "80.0 (90.0) ms, 20 runs" in text and "(container / this machine: 1.03)" in text
     assert "4 answered, exit code 0, 11.6 s from SIGTERM to exit" in text
+
+
+def test_the_readme_container_section_holds_the_image_report_s_table(tmp_path):
+    """bench image writes its table into the README between two markers: the committed README holds one such block,
+    the same table as docs/image.md, and a README without the markers is refused with nothing written."""
+    from bench.image import ImageBench
+    from training.reports import image as report
+
+    readme = (ROOT / "README.md").read_text()
+    start, end = report.readme_span(readme)
+    block = readme[start:end].splitlines()
+    rows = [line for line in block if line.startswith("|")]
+    documented = [line for line in (ROOT / "docs" / "image.md").read_text().splitlines() if line.startswith("|")]
+    assert rows == documented and len(rows) > 2
+    assert readme.index("### Container:") < start < readme.index("### Serving latency")
+    result = ImageBench.from_dict(json.loads(json.dumps({
+        "command": "python -m bench image", "cpu": "cpu", "tag": "t", "base": "b", "size_bytes": 1e9,
+        "build_s": {"without cache": 1.0, "with cache": 1.0}, "first_answer_s": 1.0, "model": "m", "size": 512,
+        "latency": {k: {"median_ms": 1.0, "p90_ms": 1.0, "runs": 1} for k in ("container", "this machine")},
+        "sigterm": {"in_flight": 1, "answered": 1, "drain_s": 1.0, "exit_code": 0, "model": "m", "size": 8},
+    })))  # fmt: skip
+    (tmp_path / "README.md").write_text("# x\n\nno block\n")
+    with pytest.raises(ValueError, match="no <!-- python -m bench image: start -->"):
+        report.write_report(result, tmp_path / "image.md", tmp_path / "README.md")
+    assert not (tmp_path / "image.md").exists()
+    replaced = report.with_readme_block(readme, result)
+    assert replaced[:start] == readme[:start] and replaced.endswith(readme[end:])
