@@ -146,7 +146,7 @@ def run_serve(args: argparse.Namespace, argv: list[str]) -> str:
 
     server = start(args.model_store, args.home, config=args.config)
     lines = [
-        f"TorchServe is running (home {server.home}), started in that folder with:",
+        f"TorchServe is running (home {server.home}: its logs and key file), started with (paths from here):",
         f"  {shlex.join(start_command(server, shown))}",
         *[f"  {name:<10} {url}" for name, url in server.urls.items()],
         f"  models     {', '.join(server.models)}",
