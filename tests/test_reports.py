@@ -231,12 +231,12 @@ def test_the_readme_container_section_holds_the_image_report_s_table(tmp_path):
     documented = [line for line in (ROOT / "docs" / "image.md").read_text().splitlines() if line.startswith("|")]
     assert rows == documented and len(rows) > 2
     assert readme.index("### Container:") < start < readme.index("### Serving latency")
-    result = ImageBench.from_dict(json.loads(json.dumps({
-        "command": "python -m bench image", "cpu": "cpu", "tag": "t", "base": "b", "size_bytes": 1e9,
+    result = ImageBench.from_dict({
+        "command": "python -m bench image", "cpu": "cpu", "tag": "t", "base": "b", "size_bytes": 10**9,
         "build_s": {"without cache": 1.0, "with cache": 1.0}, "first_answer_s": 1.0, "model": "m", "size": 512,
         "latency": {k: {"median_ms": 1.0, "p90_ms": 1.0, "runs": 1} for k in ("container", "this machine")},
         "sigterm": {"in_flight": 1, "answered": 1, "drain_s": 1.0, "exit_code": 0, "model": "m", "size": 8},
-    })))  # fmt: skip
+    })  # fmt: skip
     (tmp_path / "README.md").write_text("# x\n\nno block\n")
     with pytest.raises(ValueError, match="no <!-- python -m bench image: start -->"):
         report.write_report(result, tmp_path / "image.md", tmp_path / "README.md")

@@ -248,7 +248,7 @@ def test_the_readme_torchserve_lines_run_as_written_and_serve_a_layer(tiny_varia
     ]  # fmt: skip
     assert lines[1:-2] == [shlex.join(p).replace(f"{ROOT}/", "") for p in printed]  # the handler from the root
     assert lines[-2] == shlex.join(launcher.start_command(server, launcher.shown))
-    assert lines[-1] == "torchserve --stop"
+    assert lines[-1] == f"{launcher.TORCHSERVE} --stop"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
     out = tmp_path / "out.log"  # a file, not a pipe: TorchServe's frontend keeps its output open after --start
 

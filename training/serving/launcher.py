@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config.properties"
 LISTENERS = ("inference", "management", "metrics")  # HTTP
 GRPC_LISTENERS = ("grpc_inference", "grpc_management")
+TORCHSERVE = "torchserve"  # TorchServe's launcher, a console script
 
 
 def free_port() -> int:
@@ -133,7 +134,7 @@ class Server:
         """`torchserve --stop` for this server's home, then kill what is left of the process group; returns what
         the launcher said."""
         done = subprocess.run(
-            [tool("torchserve"), "--stop"], env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
+            [tool(TORCHSERVE), "--stop"], env=self.env(), capture_output=True, text=True, timeout=timeout, check=False
         )  # fmt: skip
         if self.process is not None:
             try:
@@ -196,7 +197,7 @@ def start_command(server: Server, path: Callable[[Path], str] = str) -> list[str
     """TorchServe's own start line for a prepared server, as its users write it (its config names the same store and
     archives); `path` writes the paths (`shown`: as a person would type them here)."""
     return [
-        "torchserve", "--start", "--ncs", "--ts-config", path(server.home / "config.properties"),
+        TORCHSERVE, "--start", "--ncs", "--ts-config", path(server.home / "config.properties"),
         "--model-store", path(server.model_store), "--models", *(f"{m}={m}.mar" for m in server.models),
     ]  # fmt: skip
 
@@ -224,7 +225,7 @@ def start(
     a child of this process (the tests' way)."""
     server = prepare(model_store, home, models, ports, config, overrides)
     home = server.home
-    command = [tool("torchserve"), *start_command(server)[1:]]
+    command = [tool(TORCHSERVE), *start_command(server)[1:]]
     log = open(home / "torchserve.out", "ab")  # noqa: SIM115 - the server keeps writing after this returns
     if foreground:
         server.process = subprocess.Popen(
